@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install what imagekit needs on Debian 12 (as root) and build .venv from Debian's python3.
+# Debian's python3-guestfs lives in /usr/bin/python3's site packages, hence --system-site-packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+    libguestfs-tools python3-guestfs python3-venv qemu-utils qemu-system-x86 gnupg
+    linux-image-cloud-amd64   # a kernel for the libguestfs appliance (/boot starts empty)
+    busybox-static            # guest userland for the demo and test images
+    genisoimage               # test images in other formats (ISO)
+    curl                      # benchmark baseline
+    util-linux                # prlimit caps qemu-img on untrusted files
+)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -c 'import guestfs' || { echo "setup: python3-guestfs not importable" >&2; exit 1; }
