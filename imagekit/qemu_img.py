@@ -1,0 +1,145 @@
+"""The one place imagekit runs qemu-img, always with an explicit ``-f`` so qemu never guesses.
+
+Crafted headers have made qemu-img burn CPU and memory before, so commands that read images not
+yet trusted (``info``, ``check``) run under prlimit (30 s of CPU, 1 GiB of address space) and a
+wall-clock timeout, and fail with UnsafeImageError. Run them only after
+``diskformat.ensure_safe``: the limits contain qemu, the header check keeps it from opening
+other files. Commands on store content (``create_overlay``, ``convert``) fail with ImagekitError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import sh
+
+from imagekit.diskformat import SUPPORTED_FORMATS, is_plain_name
+from imagekit.errors import ImagekitError, UnsafeImageError
+from imagekit.progress import ProgressCallback, ProgressEvent
+
+CPU_SECONDS = 30
+ADDRESS_SPACE = 1 << 30
+TIMEOUT = 60  # wall clock: catches a qemu-img blocked on I/O, which burns no CPU
+_PERCENT = re.compile(r"\((\d+(?:\.\d+)?)/100%\)")
+
+
+def info(path: Path, fmt: str) -> dict[str, object]:
+    """``qemu-img info`` as JSON (``virtual-size``, ``format``, ...) of an untrusted image."""
+    what = f"qemu-img info of {path} as {fmt}"
+    args = ("info", "--output=json", "--force-share", "-f", fmt, _filename(path))
+    return _json_object(_run(args, what=what, untrusted=True, timeout=TIMEOUT), what)
+
+
+def check(path: Path, fmt: str) -> dict[str, object]:
+    """``qemu-img check`` report; leaks only waste space and pass, corruptions are refused."""
+    what = f"qemu-img check of {path} as {fmt}"
+    args = ("check", "--output=json", "--force-share", "-f", fmt, _filename(path))
+    out = _run(args, what=what, untrusted=True, timeout=TIMEOUT, _ok_code=(0, 2, 3))
+    report = _json_object(out, what)
+    if report.get("corruptions"):
+        raise UnsafeImageError(
+            f"{what} found {report['corruptions']} corruptions; fetch a fresh copy of the image"
+        )
+    return report
+
+
+def create_overlay(path: Path, backing: str, backing_fmt: str) -> None:
+    """Create a qcow2 layer on ``backing``, a plain file name qemu resolves next to ``path``."""
+    if not is_plain_name(backing) or backing_fmt not in SUPPORTED_FORMATS:
+        raise ImagekitError(
+            f"refusing to layer {path} on {backing!r} ({backing_fmt}): a layer's parent must be "
+            "a qcow2 or raw file named plainly in the same directory"
+        )
+    args = ("create", "-q", "-f", "qcow2", "-F", backing_fmt, "-b", backing, _filename(path))
+    _run(args, what=f"qemu-img create of overlay {path}", timeout=TIMEOUT)
+
+
+def convert(
+    src: Path,
+    src_fmt: str,
+    dst: Path,
+    dst_fmt: str,
+    *,
+    compress: bool = False,
+    sparse: bool = True,
+    progress: ProgressCallback | None = None,
+) -> None:
+    """Convert a trusted image; ``sparse=False`` writes zeros out, ``compress`` is qcow2 only."""
+    args = ["convert", "-f", src_fmt, "-O", dst_fmt]
+    if compress:
+        args.append("-c")
+    if not sparse:
+        args += ["-S", "0"]
+    options: dict[str, Any] = {}
+    if progress is not None:
+        args.append("-p")
+        options = {"_out": _progress_reader(progress, dst), "_out_bufsize": 0}
+    args += [_filename(src), _filename(dst)]
+    what = f"qemu-img convert of {src} to {dst}"
+    _run(args, what=what, **options)
+
+
+def _filename(path: Path) -> str:
+    """Absolute, so qemu never reads a ``proto:`` or ``json:`` prefix into a relative name."""
+    return os.path.abspath(path)
+
+
+def _run(
+    args: Sequence[str],
+    *,
+    what: str,
+    untrusted: bool = False,
+    timeout: float | None = None,
+    **options: Any,
+) -> str:
+    """Run qemu-img; ``untrusted`` adds the resource limits and makes failures UnsafeImageError."""
+    error = UnsafeImageError if untrusted else ImagekitError
+    try:
+        if untrusted:
+            limits = (f"--cpu={CPU_SECONDS}", f"--as={ADDRESS_SPACE}")
+            command = sh.Command("prlimit").bake(*limits, "--", "qemu-img")
+        else:
+            command = sh.Command("qemu-img")
+        return str(command(*args, _timeout=timeout, _tty_out=False, **options))
+    except sh.CommandNotFound as exc:
+        raise ImagekitError(
+            f"{what}: {exc} is not installed; install qemu-utils (qemu-img) and util-linux "
+            "(prlimit)"
+        ) from exc
+    except sh.TimeoutException as exc:
+        raise error(f"{what} was killed after {timeout} s without finishing") from exc
+    except sh.ErrorReturnCode as exc:
+        stderr = exc.stderr.decode("utf-8", "replace").strip()[-500:]
+        if exc.exit_code < 0:
+            stderr = f"killed by signal {-exc.exit_code} (over its CPU or memory limit?) {stderr}"
+        raise error(f"{what} failed (exit {exc.exit_code}): {stderr}") from exc
+
+
+def _json_object(text: str, what: str) -> dict[str, object]:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise UnsafeImageError(f"{what} printed no JSON: {text[-200:]!r}") from exc
+    if not isinstance(data, dict):
+        raise UnsafeImageError(f"{what} printed {type(data).__name__}, not a JSON object")
+    return data
+
+
+def _progress_reader(progress: ProgressCallback, dst: Path) -> Callable[[str], None]:
+    """Turn qemu-img's ``(12.34/100%)`` progress output into events (percent of 100)."""
+    pending = ""
+
+    def read(chunk: str) -> None:  # unbuffered: sh hands over a character at a time
+        nonlocal pending
+        *lines, pending = re.split(r"[\r\n]", pending + chunk)
+        for line in lines:
+            if match := _PERCENT.search(line):
+                done = int(float(match.group(1)))
+                progress(ProgressEvent("export", f"writing {dst.name}", done=done, total=100))
+
+    return read
