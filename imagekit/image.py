@@ -1,0 +1,105 @@
+"""The Image object that pull, import and build hand back to callers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagekit.errors import StoreError
+from imagekit.store import (
+    MEDIA_DISK_QCOW2,
+    MEDIA_DISK_RAW,
+    REF_ANNOTATION,
+    Descriptor,
+    Store,
+)
+
+DISK_MEDIA_TYPES = {MEDIA_DISK_QCOW2: "qcow2", MEDIA_DISK_RAW: "raw"}
+
+
+@dataclass(frozen=True)
+class Image:
+    """A stored image: its manifest, its provenance (config) and the disk a hypervisor opens."""
+
+    store: Store
+    ref: str | None
+    digest: str  # manifest digest
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+    cached: bool = False  # True when pull/build found it already stored and did no work
+
+    @classmethod
+    def load(cls, store: Store, ref_or_digest: str, *, cached: bool = False) -> Image:
+        descriptor = store.resolve(ref_or_digest)
+        return cls.from_descriptor(store, descriptor, cached=cached)
+
+    @classmethod
+    def from_descriptor(
+        cls, store: Store, descriptor: Descriptor, *, cached: bool = False
+    ) -> Image:
+        manifest = store.manifest(descriptor.digest)
+        config = store.read_json(manifest["config"]["digest"])
+        if not isinstance(config, dict):
+            raise StoreError(
+                f"config of {descriptor.digest} is not a JSON object; run imagekit fsck"
+            )
+        return cls(
+            store=store,
+            ref=descriptor.annotations.get(REF_ANNOTATION),
+            digest=descriptor.digest,
+            manifest=manifest,
+            config=config,
+            cached=cached,
+        )
+
+    @property
+    def disks(self) -> list[Descriptor]:
+        """Disk layers, base first."""
+        return [
+            Descriptor.from_json(layer)
+            for layer in self.manifest["layers"]
+            if layer["mediaType"] in DISK_MEDIA_TYPES
+        ]
+
+    @property
+    def disk(self) -> Descriptor:
+        """The top disk layer: the one a VM boots (it backs onto the others, if any)."""
+        disks = self.disks
+        if not disks:
+            raise StoreError(f"image {self.digest} has no disk layer; run imagekit fsck")
+        return disks[-1]
+
+    @property
+    def disk_digest(self) -> str:
+        return self.disk.digest
+
+    @property
+    def format(self) -> str:
+        return DISK_MEDIA_TYPES[self.disk.media_type]
+
+    @property
+    def path(self) -> Path:
+        """The stored disk file. Read-only: boot it through an overlay or export a copy."""
+        return self.store.blob_path(self.disk.digest)
+
+    @property
+    def verification(self) -> str:
+        return str(self.config.get("verification", {}).get("level", "unverified"))
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.config
+
+    def summary(self) -> dict[str, Any]:
+        """The fields scripts rely on (``pull --json``)."""
+        return {
+            "ref": self.ref,
+            "digest": self.digest,
+            "image": self.disk_digest,
+            "path": str(self.path),
+            "format": self.format,
+            "size": self.disk.size,
+            "verification": self.verification,
+            "cached": self.cached,
+        }

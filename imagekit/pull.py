@@ -1,0 +1,289 @@
+"""Pull: recipe → plan → fetch → verify → inspect → store → tag.
+
+Ordering matters for safety: the checksum file and signature are verified *before* the image is
+downloaded, so the expected digest is known up front. That digest keys a lock (one download per
+image, however many processes pull it) and a store lookup (a blob already present is not fetched
+again). Bytes are hashed while written, checked against the expectation, then inspected in Python
+before any qemu tool opens them; only then do they enter ``blobs/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from imagekit import diskformat, qemu_img
+from imagekit.errors import ImagekitError, RecipeError, StoreError
+from imagekit.fetch import Downloader, FetchResult
+from imagekit.image import Image
+from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
+from imagekit.recipe import HttpSource, Recipe
+from imagekit.refs import parse_ref
+from imagekit.store import (
+    MEDIA_DISK_QCOW2,
+    MEDIA_DISK_RAW,
+    MEDIA_EVIDENCE_CHECKSUM,
+    MEDIA_EVIDENCE_SIGNATURE,
+    Descriptor,
+    Store,
+)
+from imagekit.verify import UNVERIFIED, Expectation, expectation_for, verify_checksum_file
+
+RECIPE_DIGEST_ANNOTATION = "org.imagekit.recipe.digest"
+CREATED_ANNOTATION = "org.opencontainers.image.created"
+DISK_MEDIA = {"qcow2": MEDIA_DISK_QCOW2, "raw": MEDIA_DISK_RAW}
+# qemu-img info fields worth keeping; the rest (temp file names) would make provenance noisy.
+_INFO_FIELDS = ("format", "virtual-size", "cluster-size", "format-specific", "dirty-flag")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Concrete URLs for one pull, after mirror rewriting."""
+
+    url: str
+    checksum_url: str | None
+    signature_url: str | None
+    mirror: str | None
+
+
+def plan(source: HttpSource, mirror: str | None = None) -> Plan:
+    """Rewrite the recipe's URLs onto a mirror: ``mirror_root`` is replaced by ``mirror``."""
+
+    def rewrite(url: str | None) -> str | None:
+        if url is None or not mirror:
+            return url
+        if not url.startswith(source.mirror_root):
+            raise RecipeError(
+                f"cannot use a mirror for {url}: it is not under the recipe's mirror_root "
+                f"{source.mirror_root}"
+            )
+        return mirror.rstrip("/") + "/" + url[len(source.mirror_root) :]
+
+    if mirror and not mirror.startswith(("http://", "https://", "file://")):
+        raise RecipeError(f"mirror {mirror!r} must be an http://, https:// or file:// URL")
+    return Plan(
+        url=rewrite(source.url) or source.url,
+        checksum_url=rewrite(source.checksum_url),
+        signature_url=rewrite(source.signature_url),
+        mirror=mirror or None,
+    )
+
+
+def pull(
+    store: Store,
+    recipe: Recipe,
+    *,
+    mirror: str | None = None,
+    tag: str | None = None,
+    refresh: bool = False,
+    progress: ProgressCallback = ignore_progress,
+    downloader: Downloader | None = None,
+) -> Image:
+    """Fetch, verify and store the recipe's image and tag it ``name:version`` (or ``tag``).
+
+    A ref already made from the same recipe is returned without any network access unless
+    ``refresh`` is set.
+    """
+    ref = str(parse_ref(tag)) if tag else recipe.ref
+    with store.shared_lock():
+        if not refresh:
+            hit = _cached(store, ref, recipe.digest)
+            if hit is not None:
+                progress(ProgressEvent("done", f"{ref} is up to date"))
+                return hit
+        source = recipe.source
+        urls = plan(source, mirror)
+        fetcher = downloader or Downloader(store.tmp_dir)
+        progress(ProgressEvent("verify", f"checking evidence for {source.filename}"))
+        checksum_data = fetcher.fetch_small(urls.checksum_url) if urls.checksum_url else None
+        signature = fetcher.fetch_small(urls.signature_url) if urls.signature_url else None
+        checksums = None
+        if checksum_data is not None:
+            checksums = verify_checksum_file(
+                checksum_data,
+                signature=signature,
+                keys=source.keys,
+                fingerprints=source.fingerprints,
+                source=urls.checksum_url or "checksum file",
+            )
+        expect = expectation_for(
+            source.filename, checksums=checksums, pinned=source.pinned, insecure=source.insecure
+        )
+        disk, info = _fetch_disk(store, fetcher, urls.url, source.format, expect, progress)
+        evidence = [
+            store.add_bytes(data, media)
+            for data, media in (
+                (checksum_data, MEDIA_EVIDENCE_CHECKSUM),
+                (signature, MEDIA_EVIDENCE_SIGNATURE),
+            )
+            if data is not None
+        ]
+        config = {
+            **_base_config(recipe.name, recipe.version, recipe.arch),
+            "recipe": {
+                "digest": recipe.digest,
+                "path": str(recipe.path) if recipe.path else None,
+                "text": recipe.text,
+            },
+            "source": {
+                "kind": "http",
+                "url": source.url,
+                "fetched_from": urls.url,
+                "mirror": urls.mirror,
+                "checksum_url": source.checksum_url,
+                "signature_url": source.signature_url,
+                "filename": source.filename,
+            },
+            "verification": _verification_record(expect, evidence),
+            "disk": _disk_record(disk, info),
+        }
+        return _commit(store, ref, recipe.digest, config, [disk, *evidence], progress)
+
+
+def import_file(
+    store: Store,
+    path: Path,
+    ref: str,
+    *,
+    disk_format: str | None = None,
+    progress: ProgressCallback = ignore_progress,
+) -> Image:
+    """Store a local qcow2/raw of the user's own, inspected like a download, recorded unverified."""
+    parsed = parse_ref(ref)
+    if not path.is_file():
+        raise RecipeError(f"{path} is not a file")
+    detected = diskformat.probe(path).format
+    fmt = disk_format or detected
+    if fmt not in DISK_MEDIA:
+        raise RecipeError(f"{path} is {detected}; only qcow2 and raw images can be imported")
+    with store.shared_lock():
+        fetcher = Downloader(store.tmp_dir)
+        expect = Expectation(UNVERIFIED)
+        disk, info = _fetch_disk(store, fetcher, path.resolve().as_uri(), fmt, expect, progress)
+        config = {
+            **_base_config(parsed.name, parsed.tag, None),
+            "source": {"kind": "local", "path": str(path.resolve())},
+            "verification": _verification_record(expect, []),
+            "disk": _disk_record(disk, info),
+        }
+        identity = "sha256:" + hashlib.sha256(f"import\0{disk.digest}".encode()).hexdigest()
+        return _commit(store, str(parsed), identity, config, [disk], progress)
+
+
+def _cached(store: Store, ref: str, recipe_digest: str) -> Image | None:
+    """The image ``ref`` names, if it was made from this very recipe and is complete."""
+    try:
+        descriptor = store.resolve(ref)
+    except StoreError:
+        return None
+    if descriptor.annotations.get(RECIPE_DIGEST_ANNOTATION) != recipe_digest:
+        return None
+    try:
+        image = Image.from_descriptor(store, descriptor, cached=True)
+    except (StoreError, OSError, ValueError, KeyError):
+        return None
+    layers = image.manifest.get("layers", [])
+    if all(store.has_blob(layer["digest"]) for layer in layers):
+        return image
+    return None
+
+
+def _fetch_disk(
+    store: Store,
+    fetcher: Downloader,
+    url: str,
+    disk_format: str,
+    expect: Expectation,
+    progress: ProgressCallback,
+) -> tuple[Descriptor, dict[str, Any]]:
+    """Download (or find) the disk bytes, check them, move them into ``blobs/``.
+
+    Returns the blob's descriptor and its ``qemu-img info``.
+    """
+    media_type = DISK_MEDIA[disk_format]
+    known = expect.digests.get("sha256")
+    lock_key = f"sha256:{known}" if known else "url:" + hashlib.sha256(url.encode()).hexdigest()
+    with store.digest_lock(lock_key):
+        if known and store.has_blob(f"sha256:{known}"):
+            progress(ProgressEvent("fetch", "already in the store", 1, 1))
+            path = store.blob_path(f"sha256:{known}")
+            info = qemu_img.info(path, disk_format)
+            return Descriptor(media_type, f"sha256:{known}", path.stat().st_size), info
+        algorithms = sorted({"sha256", *expect.digests})
+        name = hashlib.sha256(url.encode()).hexdigest()[:32]
+        result = fetcher.download(
+            url, name=name, algorithms=algorithms, expected_size=expect.size, progress=progress
+        )
+        try:
+            expect.check(result.digests, result.size, url)
+            progress(ProgressEvent("inspect", "checking the disk header"))
+            diskformat.ensure_safe(result.path, disk_format)
+            info = qemu_img.info(result.path, disk_format)
+        except ImagekitError:
+            _discard(result)
+            raise
+        digest = "sha256:" + result.digests["sha256"]
+        progress(ProgressEvent("store", f"storing {digest[:19]}"))
+        return store.commit_file(result.path, digest, media_type), info
+
+
+def _discard(result: FetchResult) -> None:
+    """Drop bytes that failed a check so the next pull fetches afresh instead of resuming them."""
+    for path in (result.path, result.path.with_name(result.path.name + ".json")):
+        path.unlink(missing_ok=True)
+
+
+def _base_config(name: str, version: str, arch: str | None) -> dict[str, Any]:
+    from imagekit import __version__
+
+    return {
+        "imagekit": __version__,
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "name": name,
+        "version": version,
+        "arch": arch,
+    }
+
+
+def _verification_record(expect: Expectation, evidence: list[Descriptor]) -> dict[str, Any]:
+    by_media = {d.media_type: d.digest for d in evidence}
+    return {
+        "level": expect.level,
+        "signer": expect.signer,
+        "digests": dict(expect.digests),
+        "size": expect.size,
+        "checksum_file": by_media.get(MEDIA_EVIDENCE_CHECKSUM),
+        "signature": by_media.get(MEDIA_EVIDENCE_SIGNATURE),
+    }
+
+
+def _disk_record(disk: Descriptor, info: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "digest": disk.digest,
+        "size": disk.size,
+        **{key: info[key] for key in _INFO_FIELDS if key in info},
+    }
+
+
+def _commit(
+    store: Store,
+    ref: str,
+    identity: str,
+    config: Mapping[str, Any],
+    layers: list[Descriptor],
+    progress: ProgressCallback,
+) -> Image:
+    manifest = store.write_manifest(config, layers, {CREATED_ANNOTATION: str(config["created"])})
+    tagged = Descriptor(
+        manifest.media_type,
+        manifest.digest,
+        manifest.size,
+        {RECIPE_DIGEST_ANNOTATION: identity},
+    )
+    store.tag(ref, tagged)
+    progress(ProgressEvent("done", f"{ref} stored"))
+    return Image.load(store, ref)

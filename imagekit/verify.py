@@ -1,0 +1,129 @@
+"""Verification policy: turn a checksum file, an optional signature and pinned keys into trust.
+
+The levels say honestly what was proven:
+``signed``: an OpenPGP signature by a pinned key covers the checksum line of the image;
+``pinned``: the digest is written in the recipe (or typed by the user);
+``unverified``: the user opted out (recipe ``insecure = true`` or ``imagekit import``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imagekit.checksums import ChecksumEntry, find_entry, parse_checksum_file
+from imagekit.errors import ChecksumError, SignatureError
+from imagekit.openpgp import is_clearsigned, verify_clearsigned, verify_detached
+
+SIGNED = "signed"
+PINNED = "pinned"
+UNVERIFIED = "unverified"
+
+
+@dataclass(frozen=True)
+class VerifiedChecksums:
+    """The entries of a checksum file that a signature covers (or all, when unsigned)."""
+
+    entries: tuple[ChecksumEntry, ...]
+    signer: str | None  # primary key fingerprint, None when no signature was checked
+    signed_text: bytes
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What the image bytes must hash to, and why we believe it."""
+
+    level: str
+    digests: Mapping[str, str] = field(default_factory=dict)  # algorithm -> hex
+    size: int | None = None
+    signer: str | None = None
+    entry: ChecksumEntry | None = None
+
+    def check(self, digests: Mapping[str, str], size: int, what: str) -> None:
+        """Raise ChecksumError unless every expected digest (and size) matches."""
+        if self.size is not None and size != self.size:
+            raise ChecksumError(f"{what}: size {size} bytes, expected {self.size}")
+        for algorithm, expected in self.digests.items():
+            actual = digests.get(algorithm)
+            if actual != expected:
+                raise ChecksumError(
+                    f"{what}: {algorithm} is {actual}, expected {expected}; the download is "
+                    "corrupt or was tampered with, and was not stored"
+                )
+
+
+def verify_checksum_file(
+    data: bytes,
+    *,
+    signature: bytes | None = None,
+    keys: Sequence[Path] = (),
+    fingerprints: Collection[str] | None = None,
+    source: str = "checksum file",
+) -> VerifiedChecksums:
+    """Check the signature (when keys are given) and parse only the text it covers."""
+    if keys:
+        allowed = fingerprints or None
+        if signature is not None:
+            result = verify_detached(data, signature, keys, allowed)
+        elif is_clearsigned(data):
+            result = verify_clearsigned(data, keys, allowed)
+        else:
+            raise SignatureError(
+                f"{source} is not signed, but keys are pinned: provide its detached signature "
+                "(signature_url / --signature) or remove the keys and pin a digest instead"
+            )
+        signed_text, signer = result.signed_data, result.fingerprint
+    elif signature is not None:
+        raise SignatureError(f"a signature for {source} was given but no key to check it with")
+    else:
+        signed_text, signer = data, None
+    try:
+        text = signed_text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ChecksumError(f"{source} is not UTF-8 text: {exc}") from exc
+    return VerifiedChecksums(tuple(parse_checksum_file(text, source)), signer, signed_text)
+
+
+def expectation_for(
+    filename: str,
+    *,
+    checksums: VerifiedChecksums | None,
+    pinned: Mapping[str, str],
+    insecure: bool,
+) -> Expectation:
+    """Combine checksum file and pins into what the bytes must be. Refuse when nothing vouches."""
+    digests = dict(pinned)
+    entry = None
+    size = None
+    if checksums is not None:
+        entry = find_entry(checksums.entries, filename)
+        size = entry.size
+        listed = digests.setdefault(entry.algorithm, entry.digest)
+        if listed != entry.digest:
+            raise ChecksumError(
+                f"the recipe pins {entry.algorithm} {listed} for {filename}, but the checksum "
+                f"file lists {entry.digest}: one of them is wrong; the image was not fetched"
+            )
+    if checksums is not None and checksums.signer is not None:
+        return Expectation(SIGNED, digests, size, checksums.signer, entry)
+    if pinned:
+        return Expectation(PINNED, digests, size, None, entry)
+    if insecure:
+        return Expectation(UNVERIFIED, digests, size, None, entry)
+    raise SignatureError(
+        f"nothing vouches for {filename}: no signature by a pinned key and no pinned digest. "
+        "Add keys (and a signed checksum file) or a sha256 pin to the recipe, or set "
+        "insecure = true to accept it unverified"
+    )
+
+
+def hash_file(path: Path, algorithms: Sequence[str] = ("sha256",)) -> dict[str, str]:
+    """Hash a local file once for every algorithm asked."""
+    hashers = {a: hashlib.new(a) for a in algorithms}
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            for hasher in hashers.values():
+                hasher.update(chunk)
+    return {a: h.hexdigest() for a, h in hashers.items()}
