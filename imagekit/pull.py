@@ -228,11 +228,13 @@ def _fetch_disk(
             raise
         digest = "sha256:" + result.digests["sha256"]
         progress(ProgressEvent("store", f"storing {digest[:19]}"))
-        return store.commit_file(result.path, digest, media_type), info
+        descriptor = store.commit_file(result.path, digest, media_type)
+        _discard(result)  # only the resume sidecar is left; the bytes are in blobs/ now
+        return descriptor, info
 
 
 def _discard(result: FetchResult) -> None:
-    """Drop bytes that failed a check so the next pull fetches afresh instead of resuming them."""
+    """Drop a download and its resume sidecar (failed checks must not be resumed later)."""
     for path in (result.path, result.path.with_name(result.path.name + ".json")):
         path.unlink(missing_ok=True)
 
