@@ -1,9 +1,9 @@
 """imagekit: get virtual-machine disk images onto hosts, verified, cached and repeatable.
 
-    import imagekit
-    store = imagekit.open_store()
-    image = store.pull(imagekit.load_recipe("recipes/demo.toml"))
-    print(image.path, image.verification)
+import imagekit
+store = imagekit.open_store()
+image = store.pull(imagekit.load_recipe("recipes/demo.toml"))
+print(image.path, image.verification)
 """
 
 from imagekit.api import list_recipes, open_store, verify_local

@@ -67,7 +67,7 @@ class FetchResult:
     etag: str | None
     last_modified: str | None
     resumed_from: int  # bytes kept from an earlier run's partial download (0 if fresh)
-    transferred: int  # bytes received over the network in this call
+    transferred: int  # bytes received over the network in this call (copied, for file://)
 
 
 class _Transient(Exception):
@@ -81,6 +81,7 @@ _TRANSIENT = (
     requests.exceptions.ChunkedEncodingError,
     urllib3.exceptions.ProtocolError,  # reset or short body while streaming the raw body
     urllib3.exceptions.ReadTimeoutError,
+    urllib3.exceptions.SSLError,  # TLS framing broken mid-body: a cut connection
 )
 
 
@@ -114,7 +115,11 @@ class Downloader:
         expected_size: int | None = None,
         progress: ProgressCallback = ignore_progress,
     ) -> FetchResult:
-        """Fetch ``url`` to ``tmp_dir/<name>.part``, resuming what an earlier run left there."""
+        """Fetch ``url`` to ``tmp_dir/<name>.part``, resuming what an earlier run left there.
+
+        ``tmp_dir/<name>.lock`` is held throughout: a second caller for the same name waits,
+        then finds the bytes already there and only confirms them with the server.
+        """
         if not _SAFE_NAME.fullmatch(name):
             raise FetchError(f"invalid download name {name!r}: use letters, digits, '.', '_', '-'")
         algs = _algorithms(algorithms)
@@ -184,14 +189,16 @@ class Downloader:
                 failures = 1 if on_disk() > before else failures + 1
                 if failures > self.retries:
                     note = (
-                        f"; the partial download in {kept} is kept and will resume" if kept else ""
+                        f"; the partial download in {kept} is kept and will resume"
+                        if kept and on_disk()
+                        else ""
                     )
                     raise FetchError(
                         f"could not download {url} after {attempts} attempts ({exc}); "
                         f"check the network or the mirror and run again{note}"
                     ) from exc
                 time.sleep(min(self.backoff * 2 ** (failures - 1), _MAX_BACKOFF))
-            except requests.RequestException as exc:
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
                 raise FetchError(f"cannot fetch {url}: {exc}") from exc
 
     def _attempt(self, job: _Job) -> None:
@@ -238,7 +245,9 @@ class Downloader:
                 job.transferred += len(chunk)
                 if job.expected_size is not None and partial.size + len(chunk) > job.expected_size:
                     partial.discard()
-                    _size_mismatch(job.url, partial.size + len(chunk), job.expected_size, "over ")
+                    _size_mismatch(
+                        job.url, partial.size + len(chunk), job.expected_size, "at least "
+                    )
                 write(chunk)
                 job.meter.update(partial.size, total)
         if total is not None and partial.size < total:

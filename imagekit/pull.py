@@ -88,6 +88,13 @@ def pull(
     A ref already made from the same recipe is returned without any network access unless
     ``refresh`` is set.
     """
+    source = recipe.source
+    if not isinstance(source, HttpSource) or recipe.customize:
+        raise RecipeError(
+            f"{recipe.name} is built, not downloaded (source kind {source.kind!r}"
+            + (", with customize steps" if recipe.customize else "")
+            + "): use 'imagekit build'"
+        )
     ref = str(parse_ref(tag)) if tag else recipe.ref
     with store.shared_lock():
         if not refresh:
@@ -95,7 +102,6 @@ def pull(
             if hit is not None:
                 progress(ProgressEvent("done", f"{ref} is up to date"))
                 return hit
-        source = recipe.source
         urls = plan(source, mirror)
         fetcher = downloader or Downloader(store.tmp_dir)
         progress(ProgressEvent("verify", f"checking evidence for {source.filename}"))

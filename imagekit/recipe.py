@@ -68,13 +68,47 @@ class HttpSource:
 
 
 @dataclass(frozen=True)
+class ScratchSource:
+    """A fresh disk made locally and filled from a directory or tarball: no network at all."""
+
+    content: Path
+    size: int
+    partition_table: str = "gpt"
+    filesystem: str = "ext4"
+    label: str = "root"
+    format: str = "qcow2"
+
+    kind = "scratch"
+
+
+@dataclass(frozen=True)
+class RecipeSource:
+    """Start from another recipe's image (a file path or a bundled ``name[:version]``)."""
+
+    recipe: str
+    base_dir: Path
+
+    kind = "recipe"
+
+    def load(self) -> Recipe:
+        """The base recipe; paths are relative to the recipe that names it."""
+        candidate = self.base_dir / self.recipe
+        if self.recipe.endswith(RECIPE_SUFFIX) or "/" in self.recipe:
+            return load_recipe_file(candidate)
+        return load_recipe(self.recipe)
+
+
+Source = HttpSource | ScratchSource | RecipeSource
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A parsed, validated recipe. ``text`` is kept verbatim: it is part of the provenance."""
 
     name: str
     version: str
     arch: str
-    source: HttpSource
+    source: Source
     text: str
     path: Path | None = None
     description: str = ""
@@ -162,7 +196,7 @@ def load_recipe_string(
     source_table = data.get("source")
     if not isinstance(source_table, dict):
         raise RecipeError(f"{where}: missing [source] table")
-    source = _http_source(source_table, values, base_dir or Path.cwd(), f"{where} [source]")
+    source = _source(source_table, values, base_dir or Path.cwd(), f"{where} [source]")
     steps = data.get("customize", [])
     if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
         raise RecipeError(f"{where}: customize must be a list of [[customize]] tables")
@@ -178,12 +212,65 @@ def load_recipe_string(
     )
 
 
+def _source(
+    table: Mapping[str, Any], values: Mapping[str, str], base_dir: Path, where: str
+) -> Source:
+    kind = table.get("kind", "http")
+    if kind == "http":
+        return _http_source(table, values, base_dir, where)
+    if kind == "scratch":
+        return _scratch_source(table, base_dir, where)
+    if kind == "recipe":
+        _reject_unknown(table, {"kind", "recipe"}, where)
+        return RecipeSource(_string(table, "recipe", where, required=True), base_dir)
+    raise RecipeError(
+        f"{where}: unsupported source kind {kind!r} (supported: http, scratch, recipe)"
+    )
+
+
+def _scratch_source(table: Mapping[str, Any], base_dir: Path, where: str) -> ScratchSource:
+    _reject_unknown(
+        table,
+        {"kind", "content", "size", "partition_table", "filesystem", "label", "format"},
+        where,
+    )
+    content = base_dir / _string(table, "content", where, required=True)
+    if not content.exists():
+        raise RecipeError(f"{where}: content {str(content)!r} does not exist")
+    partition_table = _string(table, "partition_table", where) or "gpt"
+    if partition_table not in ("gpt", "mbr"):
+        raise RecipeError(f"{where}: partition_table must be gpt or mbr")
+    filesystem = _string(table, "filesystem", where) or "ext4"
+    if filesystem not in ("ext4", "ext3", "ext2", "xfs", "btrfs", "vfat"):
+        raise RecipeError(f"{where}: unsupported filesystem {filesystem!r}")
+    disk_format = _string(table, "format", where) or "qcow2"
+    if disk_format not in DISK_FORMATS:
+        raise RecipeError(f"{where}: format must be one of {', '.join(DISK_FORMATS)}")
+    label = _string(table, "label", where) or "root"
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,16}", label):
+        raise RecipeError(f"{where}: label must be 1-16 letters, digits, '_' or '-'")
+    return ScratchSource(
+        content=content,
+        size=parse_size(_string(table, "size", where) or "1G", where),
+        partition_table=partition_table,
+        filesystem=filesystem,
+        label=label,
+        format=disk_format,
+    )
+
+
+def parse_size(text: str, where: str) -> int:
+    """``512M``, ``20G``, ``1T`` or plain bytes, in binary units as qemu-img reads them."""
+    match = re.fullmatch(r"(\d+)([KMGT]?)", text.strip().upper())
+    if not match:
+        raise RecipeError(f"{where}: size {text!r} must be a number with K, M, G or T")
+    exponent = " KMGT".index(match[2] or " ")
+    return int(match[1]) << (10 * exponent)
+
+
 def _http_source(
     table: Mapping[str, Any], values: Mapping[str, str], base_dir: Path, where: str
 ) -> HttpSource:
-    kind = table.get("kind", "http")
-    if kind != "http":
-        raise RecipeError(f"{where}: unsupported source kind {kind!r} (supported: http)")
     _reject_unknown(table, _HTTP_KEYS, where)
     url = _expand(_string(table, "url", where, required=True), values, where)
     checksum_url = _expand(_string(table, "checksum_url", where), values, where) or None

@@ -23,7 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO
+from urllib.parse import quote, unquote
 
 _BLOCK = 64 << 10
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -88,6 +89,8 @@ class _Entity:
 
 @dataclass
 class _Memory:
+    """An in-memory file; its ETag is computed once, when the content is set."""
+
     data: bytes
     mtime: float
     etag: str = field(init=False)
@@ -160,7 +163,7 @@ class LoopbackServer:
         return int(self._httpd.server_address[1])
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
+        return f"http://{self._address[0]}:{self.port}/{quote(path.lstrip('/'))}"
 
     # content ---------------------------------------------------------------------------------
 
@@ -309,10 +312,10 @@ class LoopbackServer:
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def handle_error(self, request: object, client_address: object) -> None:
+    def handle_error(self, request: Any, client_address: Any) -> None:
         """Clients that drop connections are what these tests are about: not worth a traceback."""
         if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)  # type: ignore[arg-type]
+            super().handle_error(request, client_address)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -329,7 +332,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """Keep test output clean; the structured log is what tests look at."""
 
     def _serve(self, *, body: bool) -> None:
-        path = _norm(self.path.split("?", 1)[0])
+        path = _norm(unquote(self.path.split("?", 1)[0]))
         range_header = self.headers.get("Range")
         if_range = self.headers.get("If-Range")
         arrival = self.owner._arrive()
