@@ -65,14 +65,11 @@ def _progress(enabled: bool) -> Iterator[ProgressCallback]:
         TimeRemainingColumn(),
         transient=True,
     ) as bar:
-        tasks: dict[str, Any] = {}
+        task = bar.add_task("starting", total=None)
 
         def show(event: ProgressEvent) -> None:
-            key = event.stage
-            if key not in tasks:
-                tasks[key] = bar.add_task(event.message, total=event.total)
             bar.update(
-                tasks[key],
+                task,
                 description=f"{event.stage}: {event.message}",
                 completed=event.done or 0,
                 total=event.total,
