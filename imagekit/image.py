@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from imagekit.errors import StoreError
+from imagekit.progress import ProgressCallback, ignore_progress
 from imagekit.store import (
     MEDIA_DISK_QCOW2,
     MEDIA_DISK_RAW,
@@ -90,6 +91,29 @@ class Image:
     @property
     def provenance(self) -> dict[str, Any]:
         return self.config
+
+    def export(
+        self,
+        dest: Path,
+        *,
+        disk_format: str = "qcow2",
+        compress: bool = False,
+        sparse: bool = True,
+        link: bool = False,
+        progress: ProgressCallback = ignore_progress,
+    ) -> Path:
+        """A standalone copy of the whole chain at ``dest`` (or a thin overlay with ``link``)."""
+        from imagekit.export import export
+
+        return export(
+            self,
+            dest,
+            disk_format=disk_format,
+            compress=compress,
+            sparse=sparse,
+            link=link,
+            progress=progress,
+        )
 
     def summary(self) -> dict[str, Any]:
         """The fields scripts rely on (``pull --json``)."""

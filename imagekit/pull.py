@@ -102,52 +102,74 @@ def pull(
             if hit is not None:
                 progress(ProgressEvent("done", f"{ref} is up to date"))
                 return hit
-        urls = plan(source, mirror)
-        fetcher = downloader or Downloader(store.tmp_dir)
-        progress(ProgressEvent("verify", f"checking evidence for {source.filename}"))
-        checksum_data = fetcher.fetch_small(urls.checksum_url) if urls.checksum_url else None
-        signature = fetcher.fetch_small(urls.signature_url) if urls.signature_url else None
-        checksums = None
-        if checksum_data is not None:
-            checksums = verify_checksum_file(
-                checksum_data,
-                signature=signature,
-                keys=source.keys,
-                fingerprints=source.fingerprints,
-                source=urls.checksum_url or "checksum file",
-            )
-        expect = expectation_for(
-            source.filename, checksums=checksums, pinned=source.pinned, insecure=source.insecure
+        image = fetch_image(store, recipe, mirror=mirror, progress=progress, downloader=downloader)
+        return _tag(store, ref, recipe.digest, image, progress)
+
+
+def fetch_image(
+    store: Store,
+    recipe: Recipe,
+    *,
+    mirror: str | None = None,
+    progress: ProgressCallback = ignore_progress,
+    downloader: Downloader | None = None,
+) -> Image:
+    """Fetch, verify and store the recipe's source image without tagging it (build's base).
+
+    The caller holds the store's shared lock, so gc cannot sweep the untagged manifest.
+    """
+    source = recipe.source
+    if not isinstance(source, HttpSource):
+        raise RecipeError(f"{recipe.name}: source kind {source.kind!r} is not downloaded")
+    urls = plan(source, mirror)
+    fetcher = downloader or Downloader(store.tmp_dir)
+    progress(ProgressEvent("verify", f"checking evidence for {source.filename}"))
+    checksum_data = fetcher.fetch_small(urls.checksum_url) if urls.checksum_url else None
+    signature = fetcher.fetch_small(urls.signature_url) if urls.signature_url else None
+    checksums = None
+    if checksum_data is not None:
+        checksums = verify_checksum_file(
+            checksum_data,
+            signature=signature,
+            keys=source.keys,
+            fingerprints=source.fingerprints,
+            source=urls.checksum_url or "checksum file",
         )
-        disk, info = _fetch_disk(store, fetcher, urls.url, source.format, expect, progress)
-        evidence = [
-            store.add_bytes(data, media)
-            for data, media in (
-                (checksum_data, MEDIA_EVIDENCE_CHECKSUM),
-                (signature, MEDIA_EVIDENCE_SIGNATURE),
-            )
-            if data is not None
-        ]
-        config = {
-            **_base_config(recipe.name, recipe.version, recipe.arch),
-            "recipe": {
-                "digest": recipe.digest,
-                "path": str(recipe.path) if recipe.path else None,
-                "text": recipe.text,
-            },
-            "source": {
-                "kind": "http",
-                "url": source.url,
-                "fetched_from": urls.url,
-                "mirror": urls.mirror,
-                "checksum_url": source.checksum_url,
-                "signature_url": source.signature_url,
-                "filename": source.filename,
-            },
-            "verification": _verification_record(expect, evidence),
-            "disk": _disk_record(disk, info),
-        }
-        return _commit(store, ref, recipe.digest, config, [disk, *evidence], progress)
+    expect = expectation_for(
+        source.filename, checksums=checksums, pinned=source.pinned, insecure=source.insecure
+    )
+    disk, info = _fetch_disk(store, fetcher, urls.url, source.format, expect, progress)
+    evidence = [
+        store.add_bytes(data, media)
+        for data, media in (
+            (checksum_data, MEDIA_EVIDENCE_CHECKSUM),
+            (signature, MEDIA_EVIDENCE_SIGNATURE),
+        )
+        if data is not None
+    ]
+    config = {
+        **base_config(recipe.name, recipe.version, recipe.arch),
+        "recipe": {
+            "digest": recipe.digest,
+            "path": str(recipe.path) if recipe.path else None,
+            "text": recipe.text,
+        },
+        "source": {
+            "kind": "http",
+            "url": source.url,
+            "fetched_from": urls.url,
+            "mirror": urls.mirror,
+            "checksum_url": source.checksum_url,
+            "signature_url": source.signature_url,
+            "filename": source.filename,
+        },
+        "verification": _verification_record(expect, evidence),
+        "disk": _disk_record(disk, info),
+    }
+    manifest = store.write_manifest(
+        config, [disk, *evidence], {CREATED_ANNOTATION: str(config["created"])}
+    )
+    return Image.from_descriptor(store, manifest)
 
 
 def import_file(
@@ -171,13 +193,16 @@ def import_file(
         expect = Expectation(UNVERIFIED)
         disk, info = _fetch_disk(store, fetcher, path.resolve().as_uri(), fmt, expect, progress)
         config = {
-            **_base_config(parsed.name, parsed.tag, None),
+            **base_config(parsed.name, parsed.tag, None),
             "source": {"kind": "local", "path": str(path.resolve())},
             "verification": _verification_record(expect, []),
             "disk": _disk_record(disk, info),
         }
         identity = "sha256:" + hashlib.sha256(f"import\0{disk.digest}".encode()).hexdigest()
-        return _commit(store, str(parsed), identity, config, [disk], progress)
+        manifest = store.write_manifest(
+            config, [disk], {CREATED_ANNOTATION: str(config["created"])}
+        )
+        return _tag(store, str(parsed), identity, Image.from_descriptor(store, manifest), progress)
 
 
 def _cached(store: Store, ref: str, recipe_digest: str) -> Image | None:
@@ -245,7 +270,7 @@ def _discard(result: FetchResult) -> None:
         path.unlink(missing_ok=True)
 
 
-def _base_config(name: str, version: str, arch: str | None) -> dict[str, Any]:
+def base_config(name: str, version: str, arch: str | None) -> dict[str, Any]:
     from imagekit import __version__
 
     return {
@@ -277,21 +302,17 @@ def _disk_record(disk: Descriptor, info: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _commit(
-    store: Store,
-    ref: str,
-    identity: str,
-    config: Mapping[str, Any],
-    layers: list[Descriptor],
-    progress: ProgressCallback,
-) -> Image:
-    manifest = store.write_manifest(config, layers, {CREATED_ANNOTATION: str(config["created"])})
-    tagged = Descriptor(
-        manifest.media_type,
-        manifest.digest,
-        manifest.size,
-        {RECIPE_DIGEST_ANNOTATION: identity},
+def _tag(store: Store, ref: str, identity: str, image: Image, progress: ProgressCallback) -> Image:
+    """Point ``ref`` at ``image``, annotated with what made it (the cache-hit check reads it)."""
+    manifest = store.resolve(image.digest)
+    store.tag(
+        ref,
+        Descriptor(
+            manifest.media_type,
+            manifest.digest,
+            manifest.size,
+            {RECIPE_DIGEST_ANNOTATION: identity},
+        ),
     )
-    store.tag(ref, tagged)
     progress(ProgressEvent("done", f"{ref} stored"))
     return Image.load(store, ref)

@@ -59,6 +59,17 @@ def create_overlay(path: Path, backing: str, backing_fmt: str) -> None:
     _run(args, what=f"qemu-img create of overlay {path}", timeout=TIMEOUT)
 
 
+def resize(path: Path, size: int) -> None:
+    """Grow a qcow2 layer's virtual size; growing the guest's partitions is the appliance's job."""
+    _run(("resize", "-q", "-f", "qcow2", _filename(path), str(size)), what=f"resize of {path}")
+
+
+def create_linked_overlay(path: Path, backing: Path, backing_fmt: str) -> None:
+    """A thin overlay for a local VM, backed by a stored blob through its absolute path."""
+    args = ("create", "-q", "-f", "qcow2", "-F", backing_fmt, "-b", _filename(backing))
+    _run((*args, _filename(path)), what=f"qemu-img create of linked overlay {path}")
+
+
 def convert(
     src: Path,
     src_fmt: str,
