@@ -1,0 +1,213 @@
+"""Start the libguestfs appliance once per job, on KVM when it really works, else on TCG.
+
+Some hosts expose a ``/dev/kvm`` that cannot run a Linux guest (nested or paravirtualised KVM
+that aborts with "failed to set MSR" or hangs in early boot). libguestfs would then wait for
+minutes, so before the first launch we boot the host's kernel under KVM for a moment and fall
+back to TCG if it does not reach its first panic.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import guestfs
+
+from imagekit.errors import CustomizeError, RecipeError
+from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
+
+ACCEL_ENV = "IMAGEKIT_ACCEL"
+PROBE_SECONDS = 3.0
+
+LAUNCHES = 0
+"""Appliance launches made by this process; tests count them to prove cache hits launch nothing."""
+
+
+@dataclass(frozen=True)
+class Drive:
+    """A disk image to attach; ``format`` is never probed, so a raw file cannot pose as qcow2."""
+
+    path: Path
+    format: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class InspectedOS:
+    """What libguestfs inspection found, typed, so manifests and steps need no handle."""
+
+    root: str
+    type: str
+    distro: str
+    product_name: str
+    major: int
+    minor: int
+    arch: str
+    hostname: str
+    package_format: str
+    package_management: str
+    mountpoints: dict[str, str]
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def accel() -> str:
+    """``kvm`` or ``tcg``, from $IMAGEKIT_ACCEL (kvm, tcg or auto) or a probe of /dev/kvm."""
+    choice = os.environ.get(ACCEL_ENV, "auto").strip().lower()
+    if choice in ("kvm", "tcg"):
+        return choice
+    if choice != "auto":
+        raise RecipeError(f"{ACCEL_ENV} must be kvm, tcg or auto, not {choice!r}")
+    return "kvm" if kvm_probe()[0] else "tcg"
+
+
+@functools.cache
+def kvm_probe() -> tuple[bool, str]:
+    """Whether KVM can boot a Linux kernel here, and why not; probed once per process."""
+    try:
+        os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
+    except OSError as e:
+        return False, f"/dev/kvm cannot be opened ({e.strerror})"
+    qemu = shutil.which("qemu-system-x86_64")
+    kernel = _probe_kernel()
+    if platform.machine() != "x86_64" or qemu is None or kernel is None:
+        return True, "KVM not probed (no x86_64 qemu or readable kernel); libguestfs decides"
+    # A kernel with no root device panics within a second on working KVM; panic=-1 reboots
+    # at once and -no-reboot turns that into a clean exit. Broken KVM aborts or hangs.
+    command = [qemu, "-accel", "kvm", "-M", "pc", "-cpu", "max", "-m", "128", "-nodefaults"]
+    command += ["-display", "none", "-no-reboot", "-kernel", str(kernel)]
+    command += ["-append", "panic=-1 quiet"]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=PROBE_SECONDS, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"a test boot under KVM did not finish within {PROBE_SECONDS:g} s"
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        return False, f"a test boot under KVM failed: {lines[-1] if lines else done.returncode}"
+    return True, "a test boot under KVM worked"
+
+
+def _probe_kernel() -> Path | None:
+    """The kernel supermin would put in the appliance: $SUPERMIN_KERNEL or the newest in /boot."""
+    if os.environ.get("SUPERMIN_KERNEL"):
+        return Path(os.environ["SUPERMIN_KERNEL"])
+
+    def version(path: Path) -> list[int]:
+        return [int(n) for n in re.findall(r"\d+", path.name)]
+
+    kernels = [k for k in Path("/boot").glob("vmlinuz-*") if os.access(k, os.R_OK)]
+    return max(kernels, key=version, default=None)
+
+
+def launch(
+    drives: Sequence[Drive],
+    *,
+    network: bool = False,
+    memsize_mb: int | None = None,
+    progress: ProgressCallback = ignore_progress,
+) -> Any:
+    """Add ``drives`` and launch the appliance; the caller must shut it down (see ``launched``)."""
+    global LAUNCHES
+    mode = accel()
+    g = guestfs.GuestFS(python_return_dict=True)
+    try:
+        for drive in drives:
+            g.add_drive_opts(str(drive.path), format=drive.format, readonly=drive.readonly)
+        settings = [s for s in g.get_backend_settings() if s not in ("force_tcg", "force_kvm")]
+        g.set_backend_settings([*settings, f"force_{mode}"])
+        g.set_network(network)
+        g.set_smp(min(2, os.cpu_count() or 1))  # boots ~30% faster under TCG
+        if memsize_mb is not None:
+            g.set_memsize(memsize_mb)
+        auto = os.environ.get(ACCEL_ENV, "auto").strip().lower() == "auto"
+        why = kvm_probe()[1] if auto else f"set by {ACCEL_ENV}"
+        progress(ProgressEvent("customize", f"starting the libguestfs appliance ({mode}: {why})"))
+        LAUNCHES += 1
+        g.launch()
+    except RuntimeError as e:
+        g.close()
+        raise CustomizeError(f"the libguestfs appliance failed to start: {e}. {_hint(mode)}") from e
+    return g
+
+
+def _hint(mode: str) -> str:
+    if mode == "kvm":
+        return (
+            f"If KVM is unusable on this host, set {ACCEL_ENV}=tcg; "
+            "run `libguestfs-test-tool` for a full diagnosis."
+        )
+    return "Run `libguestfs-test-tool` for a full diagnosis."
+
+
+@contextmanager
+def launched(
+    drives: Sequence[Drive],
+    *,
+    network: bool = False,
+    memsize_mb: int | None = None,
+    progress: ProgressCallback = ignore_progress,
+) -> Iterator[Any]:
+    """``launch`` as a context: shut down cleanly on success (writes are flushed), always close."""
+    g = launch(drives, network=network, memsize_mb=memsize_mb, progress=progress)
+    try:
+        yield g
+        g.shutdown()
+    except RuntimeError as e:
+        raise CustomizeError(f"libguestfs failed: {e}") from e
+    finally:
+        g.close()
+
+
+def find_root(g: Any) -> str:
+    """The one operating system root on the disks; refuse none or several."""
+    roots: list[str] = g.inspect_get_roots() or g.inspect_os()  # inspect once per launch
+    if not roots:
+        raise CustomizeError(
+            "no operating system found on the disk: inspection needs a Linux root filesystem "
+            "with /etc and /bin (or /usr/bin), and /etc/fstab or /etc/hosts"
+        )
+    if len(roots) > 1:
+        raise CustomizeError(
+            f"several operating systems found ({', '.join(roots)}): imagekit customizes "
+            "single-OS images only"
+        )
+    return roots[0]
+
+
+def mount_inspected(g: Any) -> InspectedOS:
+    """Inspect the disk and mount its OS the way its fstab does, parents before children."""
+    root = find_root(g)
+    mountpoints: dict[str, str] = g.inspect_get_mountpoints(root)
+    for mountpoint in sorted(mountpoints, key=lambda m: (len(m), m)):
+        try:
+            g.mount(mountpoints[mountpoint], mountpoint)
+        except RuntimeError as e:
+            raise CustomizeError(
+                f"cannot mount {mountpoints[mountpoint]} on {mountpoint} as the guest's fstab "
+                f"asks: {e}"
+            ) from e
+    return InspectedOS(
+        root=root,
+        type=g.inspect_get_type(root),
+        distro=g.inspect_get_distro(root),
+        product_name=g.inspect_get_product_name(root),
+        major=g.inspect_get_major_version(root),
+        minor=g.inspect_get_minor_version(root),
+        arch=g.inspect_get_arch(root),
+        hostname=g.inspect_get_hostname(root),
+        package_format=g.inspect_get_package_format(root),
+        package_management=g.inspect_get_package_management(root),
+        mountpoints=dict(mountpoints),
+    )

@@ -1,0 +1,127 @@
+"""A fresh disk from a local directory or tarball, so images can be built with no download."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagekit import guest
+from imagekit.errors import CustomizeError, RecipeError
+from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
+
+PARTITION_TABLES = {"gpt": "gpt", "mbr": "msdos"}
+FILESYSTEMS = {"ext2": 16, "ext3": 16, "ext4": 16, "xfs": 12, "btrfs": 255}  # max label length
+FORMATS = ("qcow2", "raw")
+COMPRESSION = {".tar": None, ".tar.gz": "gzip", ".tgz": "gzip", ".tar.xz": "xz"}
+COMPRESSION |= {".tar.bz2": "bzip2"}
+
+
+@dataclass(frozen=True)
+class ScratchSpec:
+    """One partition spanning the disk, holding ``content`` (a directory or a tarball)."""
+
+    size: int
+    content: Path
+    partition_table: str = "gpt"
+    filesystem: str = "ext4"
+    label: str = "root"
+    format: str = "qcow2"
+
+    def check(self) -> None:
+        """Refuse bad settings before qemu-img or the appliance get to fail on them."""
+        if self.partition_table not in PARTITION_TABLES:
+            raise RecipeError(f"partition_table must be gpt or mbr, not {self.partition_table!r}")
+        if self.filesystem not in FILESYSTEMS:
+            raise RecipeError(
+                f"filesystem must be one of {', '.join(FILESYSTEMS)}, not {self.filesystem!r}"
+            )
+        if not 0 < len(self.label) <= FILESYSTEMS[self.filesystem]:
+            raise RecipeError(
+                f"label {self.label!r} must be 1 to {FILESYSTEMS[self.filesystem]} characters "
+                f"for {self.filesystem}"
+            )
+        if self.format not in FORMATS:
+            raise RecipeError(f"format must be qcow2 or raw, not {self.format!r}")
+        if self.size < 32 << 20:
+            raise RecipeError(f"a scratch disk needs at least 32 MiB, not {self.size} bytes")
+        if not self.content.exists():
+            raise RecipeError(f"content {self.content} does not exist")
+        if not self.content.is_dir():
+            tarball_compression(self.content)
+
+
+def tarball_compression(path: Path) -> str | None:
+    """tar_in's ``compress`` argument for the tarball ``path``."""
+    for suffix, compress in COMPRESSION.items():
+        if path.name.endswith(suffix) and path.is_file():
+            return compress
+    raise RecipeError(
+        f"content {path} must be a directory or a .tar, .tar.gz, .tgz, .tar.xz or .tar.bz2 file"
+    )
+
+
+def pack(
+    entries: Iterable[tuple[Path, str]], tarball: Path, *, owner: tuple[int, int] | None = None
+) -> None:
+    """Tar each (path, name) recursively with numeric owners (or ``owner``), modes and links."""
+
+    def numeric(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uname = info.gname = ""
+        if owner is not None:
+            info.uid, info.gid = owner
+        return info
+
+    with tarfile.open(tarball, "w", format=tarfile.GNU_FORMAT) as tar:
+        for path, name in entries:
+            tar.add(path, arcname=name, filter=numeric)
+
+
+def make_scratch_disk(
+    spec: ScratchSpec, dest: Path, *, progress: ProgressCallback = ignore_progress
+) -> None:
+    """Create ``dest`` in one appliance launch: partition, mkfs, unpack, fstab if missing."""
+    spec.check()
+    partial = dest.with_name(dest.name + ".part")
+    created = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", spec.format, str(partial), str(spec.size)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if created.returncode != 0:
+        raise CustomizeError(f"qemu-img cannot create {partial}: {created.stderr.strip()}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="imagekit-scratch-") as tmp:
+            tarball, compress = Path(tmp) / "content.tar", None
+            if spec.content.is_dir():
+                names = sorted(os.listdir(spec.content))
+                pack([(spec.content / name, name) for name in names], tarball)
+            else:
+                tarball, compress = spec.content, tarball_compression(spec.content)
+            progress(ProgressEvent("customize", f"filling a {spec.filesystem} scratch disk"))
+            with guest.launched([guest.Drive(partial, spec.format)], progress=progress) as g:
+                _fill(g, spec, tarball, compress)
+        os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _fill(g: Any, spec: ScratchSpec, tarball: Path, compress: str | None) -> None:
+    device = g.list_devices()[0]
+    g.part_disk(device, PARTITION_TABLES[spec.partition_table])
+    part = g.list_partitions()[0]
+    g.mkfs(spec.filesystem, part, label=spec.label)
+    g.mount(part, "/")
+    g.tar_in(str(tarball), "/", compress=compress)
+    if not g.exists("/etc/fstab"):
+        g.mkdir_p("/etc")
+        check = 1 if spec.filesystem.startswith("ext") else 0
+        g.write(
+            "/etc/fstab", f"LABEL={spec.label} / {spec.filesystem} defaults 0 {check}\n".encode()
+        )
