@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 import imagekit
-from imagekit.errors import ImagekitError, StoreError
+from imagekit.errors import ImagekitError, RecipeError, StoreError
 from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
 
 app = typer.Typer(
@@ -80,24 +80,49 @@ def _progress(enabled: bool) -> Iterator[ProgressCallback]:
 
 @app.command()
 def pull(
-    target: Annotated[str, typer.Argument(help="Recipe file, or bundled recipe NAME[:VERSION].")],
+    target: Annotated[
+        str,
+        typer.Argument(help="Recipe file, or bundled recipe NAME[:VERSION][@sha256:DIGEST]."),
+    ],
     store: StoreOption = None,
     mirror: Annotated[
         str | None,
-        typer.Option(envvar="IMAGEKIT_MIRROR", help="Fetch from this mirror instead of upstream."),
+        typer.Option(
+            envvar="IMAGEKIT_MIRROR",
+            help="The distribution's published root on a mirror (see docs/recipes.md).",
+        ),
     ] = None,
     tag: Annotated[
         str | None, typer.Option(help="Tag as NAME:TAG instead of name:version.")
     ] = None,
     arch: Annotated[str | None, typer.Option(help="Architecture (default: the host's).")] = None,
     refresh: Annotated[bool, typer.Option(help="Re-check upstream even if stored.")] = False,
+    offline: Annotated[
+        bool, typer.Option(help="No network: cached upstream metadata and stored images only.")
+    ] = False,
+    allow_loopback_http: Annotated[
+        bool,
+        typer.Option(
+            help="Let checksum-over-tls recipes read checksum files over plain http from "
+            "127.0.0.1/localhost (tests, a local caching proxy); recorded in provenance."
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Fetch an image, prove it genuine, and store it."""
+    from imagekit.pull import pull as run_pull
+
     recipe = imagekit.load_recipe(target, arch=arch)
     with _progress(not as_json) as progress:
-        image = _store(store).pull(
-            recipe, mirror=mirror, tag=tag, refresh=refresh, progress=progress
+        image = run_pull(
+            _store(store),
+            recipe,
+            mirror=mirror,
+            tag=tag,
+            refresh=refresh,
+            offline=offline,
+            allow_loopback_http=allow_loopback_http,
+            progress=progress,
         )
     if as_json:
         _emit_json(image.summary())
@@ -167,6 +192,16 @@ def inspect(
         f"source:       {source.get('url') or source.get('path') or source.get('kind')}",
         f"created:      {config.get('created')}",
     ]
+    inspection = config.get("inspection")
+    if inspection:
+        lines.append(
+            f"os:           {inspection.get('product_name')} ({inspection.get('distro')} "
+            f"{inspection.get('major')}.{inspection.get('minor')}, {inspection.get('arch')})"
+        )
+    for number, disk in enumerate(image.disks):
+        lines.append(f"layer {number}:      {disk.digest} ({_size(disk.size)})")
+    for number, step in enumerate(config.get("steps", []), 1):
+        lines.append(f"step {number}:       {json.dumps(step.get('step'), sort_keys=True)}")
     typer.echo("\n".join(lines))
 
 
@@ -259,14 +294,152 @@ def verify(
 
 
 @app.command()
+def build(
+    target: Annotated[str, typer.Argument(help="Recipe file, or bundled recipe NAME[:VERSION].")],
+    store: StoreOption = None,
+    tag: Annotated[
+        str | None, typer.Option(help="Tag as NAME:TAG instead of name:version.")
+    ] = None,
+    mirror: Annotated[
+        str | None, typer.Option(envvar="IMAGEKIT_MIRROR", help="Mirror for downloaded bases.")
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Rebuild every layer.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Build a recipe: its base, then one cached qcow2 layer per customize step."""
+    from imagekit.build import build as run_build
+
+    recipe = imagekit.load_recipe(target)
+    with _progress(not as_json) as progress:
+        result = run_build(
+            _store(store),
+            recipe,
+            tag=tag,
+            mirror=mirror,
+            use_cache=not no_cache,
+            progress=progress,
+        )
+    _print_build(result, as_json)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def customize(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="Stored image NAME[:TAG] or digest.")],
+    store: StoreOption = None,
+    tag: Annotated[str | None, typer.Option(help="Tag the result NAME:TAG.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Apply one step to a stored image: --hostname NAME --run-command CMD ... (see docs)."""
+    from imagekit.build import customize_image
+
+    table = _step_from_arguments(ctx.args)
+    with _progress(not as_json) as progress:
+        result = customize_image(_store(store), ref, table, tag=tag, progress=progress)
+    _print_build(result, as_json)
+
+
+@app.command()
+def export(
+    ref: Annotated[str, typer.Argument(help="Stored image NAME[:TAG] or digest.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")],
+    store: StoreOption = None,
+    disk_format: Annotated[
+        str, typer.Option("--format", help="qcow2, raw, vmdk, vdi or vhdx.")
+    ] = "qcow2",
+    compress: Annotated[bool, typer.Option(help="Compress (qcow2 only).")] = False,
+    sparse: Annotated[bool, typer.Option(help="Keep zeros unallocated.")] = True,
+    link: Annotated[bool, typer.Option(help="Thin overlay backed by the store.")] = False,
+) -> None:
+    """Flatten an image's layers into one standalone file (or --link a thin overlay)."""
+    image = _store(store).image(ref)
+    with _progress(True) as progress:
+        path = image.export(
+            output,
+            disk_format=disk_format,
+            compress=compress,
+            sparse=sparse,
+            link=link,
+            progress=progress,
+        )
+    typer.echo(f"{image.ref} -> {path}")
+
+
+def _step_from_arguments(args: list[str]) -> dict[str, object]:
+    """``--hostname web1 --run-command CMD ...`` as a [[customize]] table, by the ops table."""
+    from imagekit.customize import OPERATIONS, ArgKind
+
+    by_flag = {spec.flag: spec for spec in OPERATIONS.values()}
+    table: dict[str, object] = {}
+    repeated: dict[str, list[str]] = {}  # list operations: each flag may be given many times
+    words = iter(args)
+    for word in words:
+        flag, has_value, inline = word.partition("=")
+        spec = by_flag.get(flag)
+        if spec is None:
+            raise RecipeError(f"unknown option {word!r}; operations: {', '.join(sorted(by_flag))}")
+        if spec.kind is ArgKind.FLAG:
+            table[spec.name] = True
+            continue
+        value = inline if has_value else next(words, None)
+        if value is None:
+            raise RecipeError(f"{flag} needs a value ({spec.metavar})")
+        if spec.kind is ArgKind.TEXT:
+            table[spec.name] = value
+        else:
+            repeated.setdefault(spec.name, []).append(value)
+    table.update(repeated)
+    if not table:
+        raise RecipeError(
+            "give at least one operation, e.g. --hostname NAME (see docs/customize.md)"
+        )
+    return table
+
+
+def _print_build(result: Any, as_json: bool) -> None:
+    image = result.image
+    if as_json:
+        _emit_json(
+            {
+                **image.summary(),
+                "layers": [
+                    {"name": r.name, "digest": r.digest, "cached": r.cached, "seconds": r.seconds}
+                    for r in result.layers
+                ],
+                "generated_passwords": result.generated_passwords,
+            }
+        )
+        return
+    for report in result.layers:
+        state = "cached" if report.cached else "built"
+        typer.echo(f"{state:>6} {report.seconds:7.1f}s {report.digest[:19]} {report.name}")
+    for user, password in result.generated_passwords.items():
+        typer.echo(f"generated password for {user}: {password}")
+    typer.echo(f"{image.ref} {image.disk_digest}\n{image.path}")
+
+
+@app.command()
 def recipes(as_json: JsonOption = False) -> None:
-    """List the recipes imagekit can find."""
-    rows = [{"name": name, "path": str(path)} for name, path in imagekit.list_recipes().items()]
+    """List the recipes imagekit can find, with their versions and verification level."""
+    from imagekit.recipe import recipe_summaries
+
+    rows = recipe_summaries()
     if as_json:
         _emit_json(rows)
         return
     for row in rows:
-        typer.echo(f"{row['name']:<24} {row['path']}")
+        if "error" in row:
+            typer.echo(f"{row['name']:<16} error: {row['error']}")
+            continue
+        listed = row["versions"]
+        if len(listed) > 3 and all(v.isdigit() for v in listed):  # one key per release: 40-47
+            listed = [f"{listed[0]}-{listed[-1]}"]
+        versions = " ".join([*listed, *(["latest"] if row["resolver"] else [])])
+        typer.echo(
+            f"{row['name']:<16} {row['level'] or '-':<18} {versions:<26} {row['description']}"
+        )
 
 
 def _size(n: int) -> str:

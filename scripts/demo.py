@@ -1,8 +1,12 @@
-"""The main job on an embedded default, offline: publish a signed image on loopback, pull it.
+"""The main job on an embedded default, offline: build an image, publish it signed, pull it.
 
-Stands in for a distribution mirror: a disk image made here, a Fedora-style CHECKSUM clearsigned by
-a throwaway OpenPGP key, and a recipe pinning that key. Then the real CLI pulls it (verified,
-stored), pulls it again (a cache hit, no network), lists, inspects and fscks the store.
+1. Build: a scratch disk filled from a tiny busybox root tree made here (the same guest the
+   tests use), then one customization step (hostname, user, SSH key, files, firstboot) stored as
+   a qcow2 layer. A second build is a cache hit that launches nothing.
+2. Publish: export the image and serve it on 127.0.0.1 the way a distribution does, with a
+   Fedora-style CHECKSUM clearsigned by a throwaway OpenPGP key.
+3. Pull: a recipe pinning that key pulls the image through --mirror (verified, stored), then
+   again (a cache hit, no network); images, inspect and fsck show the result.
 """
 
 from __future__ import annotations
@@ -11,37 +15,38 @@ import functools
 import hashlib
 import http.server
 import os
+import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
-IMAGE = "Demo-Cloud-Base-Generic-1-1.0.x86_64.qcow2"
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tests.guestimage import build_guest_tree  # noqa: E402  the demo guest is the tests' guest
 
+IMAGE = "Demo-Web-1-1.0.x86_64.qcow2"
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDemoKeyForImagekitDemoOnly0000000000000 demo@host"
+BUILD_RECIPE = f"""\
+name = "web"
+version = "1"
+description = "busybox demo guest, customized"
+[source]
+kind = "scratch"
+content = "rootfs"
+size = "256M"
+filesystem = "ext4"
+label = "root"
 
-def run(*command: str, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(command, check=True, **kwargs)  # type: ignore[call-overload, no-any-return]
-
-
-def publish(upstream: Path, gnupg: Path) -> None:
-    """Make the image, its CHECKSUM clearsigned by a new key, and that key's public half."""
-    raw = upstream / "disk.raw"
-    with raw.open("wb") as disk:
-        disk.truncate(256 << 20)
-        disk.write(b"imagekit demo disk\n" * 4096)
-    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(upstream / IMAGE))
-    raw.unlink()
-    data = (upstream / IMAGE).read_bytes()
-    text = f"# {IMAGE}: {len(data)} bytes\nSHA256 ({IMAGE}) = {hashlib.sha256(data).hexdigest()}\n"
-    gpg = ["gpg", "--homedir", str(gnupg), "--batch", "--quiet", "--passphrase", ""]
-    run(*gpg, "--quick-gen-key", "imagekit demo <demo@example.invalid>", "ed25519", "sign", "0")
-    signed = run(*gpg, "--clearsign", input=text.encode(), capture_output=True).stdout
-    (upstream / "CHECKSUM").write_bytes(signed)
-    (upstream / "demo.asc").write_bytes(
-        run(*gpg, "--armor", "--export", capture_output=True).stdout
-    )
-    run("gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent")
+[[customize]]
+hostname = "web1.demo.lan"
+timezone = "Europe/Berlin"
+user = ["alice:groups=wheel"]
+ssh_inject = ["alice:string:{SSH_KEY}"]
+write = ["/etc/motd:Built by imagekit, offline."]
+firstboot_command = ["echo first boot > /root/first-boot"]
+sysprep = "machine-id,ssh-hostkeys,logfiles"
+"""
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -49,33 +54,60 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         """The demo's output is imagekit's, not the stand-in mirror's access log."""
 
 
+def imagekit(*args: str) -> None:
+    print(f"$ imagekit {' '.join(args)}", flush=True)
+    subprocess.run([sys.executable, "-m", "imagekit", *args], check=True)
+
+
+def sign_and_publish(upstream: Path, gnupg: Path, image: Path) -> None:
+    """Serve ``image`` with a CHECKSUM clearsigned by a new key, and that key's public half."""
+    shutil.copy(image, upstream / IMAGE)
+    data = (upstream / IMAGE).read_bytes()
+    text = f"# {IMAGE}: {len(data)} bytes\nSHA256 ({IMAGE}) = {hashlib.sha256(data).hexdigest()}\n"
+    gpg = ["gpg", "--homedir", str(gnupg), "--batch", "--quiet", "--passphrase", ""]
+
+    def run(*args: str, stdin: bytes = b"") -> bytes:
+        return subprocess.run([*gpg, *args], input=stdin, capture_output=True, check=True).stdout
+
+    run("--quick-gen-key", "imagekit demo <demo@example.invalid>", "ed25519", "sign", "0")
+    (upstream / "CHECKSUM").write_bytes(run("--clearsign", stdin=text.encode()))
+    (upstream / "demo.asc").write_bytes(run("--armor", "--export"))
+    subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"], check=True)
+
+
 def main() -> None:
-    store = os.environ.get("IMAGEKIT_HOME") or str(Path.cwd() / ".demo" / "store")
-    with tempfile.TemporaryDirectory(prefix="imagekit-demo-") as work:
-        upstream, gnupg = Path(work) / "pub", Path(work) / "g"
-        upstream.mkdir()
-        gnupg.mkdir(mode=0o700)
-        publish(upstream, gnupg)
-        handler = functools.partial(QuietHandler, directory=str(upstream))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        base = f"http://127.0.0.1:{server.server_address[1]}/"
-        recipe = upstream / "demo.toml"
-        recipe.write_text(
-            'name = "demo"\nversion = "1"\ndescription = "offline demo image"\n[source]\n'
-            f'url = "https://images.example.invalid/pub/{IMAGE}"\n'
-            'checksum_url = "https://images.example.invalid/pub/CHECKSUM"\n'
-            'keys = ["demo.asc"]\n'
-        )
-        cli = [sys.executable, "-m", "imagekit"]
-        print(f"$ imagekit pull {recipe.name} --mirror {base}   (store: {store})", flush=True)
-        run(*cli, "pull", str(recipe), "--mirror", base, "--store", store)
-        print("$ imagekit pull (again: a cache hit, no network)", flush=True)
-        run(*cli, "pull", str(recipe), "--mirror", base, "--store", store, "--json")
-        server.shutdown()
-        for command in (["images"], ["inspect", "demo:1"], ["fsck"]):
-            print(f"$ imagekit {' '.join(command)}", flush=True)
-            run(*cli, *command[:1], "--store", store, *command[1:])
+    demo = Path.cwd() / ".demo"
+    store = os.environ.get("IMAGEKIT_HOME") or str(demo / "store")
+    os.environ["IMAGEKIT_HOME"] = store
+    work = demo / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "pub").mkdir(parents=True)
+    (work / "gnupg").mkdir(mode=0o700)
+
+    build_guest_tree(work / "rootfs")
+    (work / "web.toml").write_text(BUILD_RECIPE)
+    imagekit("build", str(work / "web.toml"))
+    imagekit("build", str(work / "web.toml"))  # unchanged: every layer cached, no launch
+    imagekit("export", "web:1", "-o", str(work / "web.qcow2"))
+
+    sign_and_publish(work / "pub", work / "gnupg", work / "web.qcow2")
+    handler = functools.partial(QuietHandler, directory=str(work / "pub"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    mirror = f"http://127.0.0.1:{server.server_address[1]}/"
+    recipe = work / "pub" / "demo.toml"
+    recipe.write_text(
+        'name = "demo"\nversion = "1"\ndescription = "the demo image, as a host pulls it"\n'
+        f'[source]\nurl = "https://images.example.invalid/pub/{IMAGE}"\n'
+        'checksum_url = "https://images.example.invalid/pub/CHECKSUM"\nkeys = ["demo.asc"]\n'
+    )
+    imagekit("pull", str(recipe), "--mirror", mirror)
+    imagekit("pull", str(recipe), "--mirror", mirror, "--json")  # a cache hit: no request
+    server.shutdown()
+    imagekit("images")
+    imagekit("inspect", "demo:1")
+    imagekit("inspect", "web:1")
+    imagekit("fsck")
 
 
 if __name__ == "__main__":
