@@ -28,6 +28,7 @@ from imagekit.progress import ProgressCallback, ignore_progress
 from imagekit.refs import DIGEST_RE, parse_ref
 
 if TYPE_CHECKING:
+    from imagekit.build import BuildResult
     from imagekit.image import Image
     from imagekit.recipe import Recipe
 
@@ -179,6 +180,29 @@ class Store:
             mirror=mirror,
             tag=tag,
             refresh=refresh,
+            progress=progress or ignore_progress,
+        )
+
+    def build(
+        self,
+        recipe: Recipe | str,
+        *,
+        tag: str | None = None,
+        mirror: str | None = None,
+        use_cache: bool = True,
+        progress: ProgressCallback | None = None,
+    ) -> BuildResult:
+        """Build a recipe: its base, then one cached qcow2 layer per customize step."""
+        from imagekit.build import build
+        from imagekit.recipe import load_recipe
+
+        loaded = load_recipe(recipe) if isinstance(recipe, str) else recipe
+        return build(
+            self,
+            loaded,
+            tag=tag,
+            mirror=mirror,
+            use_cache=use_cache,
             progress=progress or ignore_progress,
         )
 
