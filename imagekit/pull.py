@@ -1,4 +1,4 @@
-"""Pull: recipe → plan → fetch → verify → inspect → store → tag.
+"""Pull: recipe → resolve → plan → fetch → verify → inspect → store → tag.
 
 Ordering matters for safety: the checksum file and signature are verified *before* the image is
 downloaded, so the expected digest is known up front. That digest keys a lock (one download per
@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from imagekit import diskformat, qemu_img
-from imagekit.errors import ImagekitError, RecipeError, StoreError
+from imagekit.errors import FetchError, ImagekitError, RecipeError, StoreError, VerificationError
 from imagekit.fetch import Downloader, FetchResult
 from imagekit.image import Image
 from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
 from imagekit.recipe import HttpSource, Recipe
 from imagekit.refs import parse_ref
+from imagekit.resolve import DEFAULT_TTL, Target, UpstreamCache, on_mirror, resolve
 from imagekit.store import (
     MEDIA_DISK_QCOW2,
     MEDIA_DISK_RAW,
@@ -31,10 +32,22 @@ from imagekit.store import (
     Descriptor,
     Store,
 )
-from imagekit.verify import UNVERIFIED, Expectation, expectation_for, verify_checksum_file
+from imagekit.verify import (
+    CHECKSUM_OVER_TLS,
+    UNVERIFIED,
+    Expectation,
+    checksum_transport,
+    expectation_for,
+    require_level,
+    verify_checksum_file,
+)
 
 RECIPE_DIGEST_ANNOTATION = "org.imagekit.recipe.digest"
 CREATED_ANNOTATION = "org.opencontainers.image.created"
+# The concrete file a pull resolved to, in the manifest itself: enough to repeat the pull.
+SOURCE_URL_ANNOTATION = "org.imagekit.source.url"
+SOURCE_FILENAME_ANNOTATION = "org.imagekit.source.filename"
+SOURCE_DIGEST_ANNOTATION = "org.imagekit.source.digest"
 DISK_MEDIA = {"qcow2": MEDIA_DISK_QCOW2, "raw": MEDIA_DISK_RAW}
 # qemu-img info fields worth keeping; the rest (temp file names) would make provenance noisy.
 _INFO_FIELDS = ("format", "virtual-size", "cluster-size", "format-specific", "dirty-flag")
@@ -50,23 +63,25 @@ class Plan:
     mirror: str | None
 
 
+@dataclass(frozen=True)
+class _Options:
+    """How a pull may use the network (see :func:`pull`)."""
+
+    mirror: str | None
+    refresh: bool
+    offline: bool
+    allow_loopback_http: bool
+    metadata_ttl: float
+
+
 def plan(source: HttpSource, mirror: str | None = None) -> Plan:
     """Rewrite the recipe's URLs onto a mirror: ``mirror_root`` is replaced by ``mirror``."""
 
     def rewrite(url: str | None) -> str | None:
-        if url is None or not mirror:
-            return url
-        if not url.startswith(source.mirror_root):
-            raise RecipeError(
-                f"cannot use a mirror for {url}: it is not under the recipe's mirror_root "
-                f"{source.mirror_root}"
-            )
-        return mirror.rstrip("/") + "/" + url[len(source.mirror_root) :]
+        return None if url is None else on_mirror(url, source.mirror_root, mirror)
 
-    if mirror and not mirror.startswith(("http://", "https://", "file://")):
-        raise RecipeError(f"mirror {mirror!r} must be an http://, https:// or file:// URL")
     return Plan(
-        url=rewrite(source.url) or source.url,
+        url=on_mirror(source.url, source.mirror_root, mirror),
         checksum_url=rewrite(source.checksum_url),
         signature_url=rewrite(source.signature_url),
         mirror=mirror or None,
@@ -80,13 +95,19 @@ def pull(
     mirror: str | None = None,
     tag: str | None = None,
     refresh: bool = False,
+    offline: bool = False,
+    allow_loopback_http: bool = False,
+    metadata_ttl: float = DEFAULT_TTL,
     progress: ProgressCallback = ignore_progress,
     downloader: Downloader | None = None,
 ) -> Image:
     """Fetch, verify and store the recipe's image and tag it ``name:version`` (or ``tag``).
 
-    A ref already made from the same recipe is returned without any network access unless
-    ``refresh`` is set.
+    A ref already made from the same recipe, resolved to the same file, is returned without
+    downloading; within ``metadata_ttl`` seconds (or ``offline``) without any request at all.
+    ``refresh`` re-checks upstream metadata and ignores the ref; ``offline`` makes no request
+    (cached metadata, stored blobs); ``allow_loopback_http`` lets checksum-over-tls recipes
+    read checksum files over plain http from 127.0.0.1/localhost (tests, a local proxy).
     """
     source = recipe.source
     if not isinstance(source, HttpSource) or recipe.customize:
@@ -96,14 +117,17 @@ def pull(
             + "): use 'imagekit build'"
         )
     ref = str(parse_ref(tag)) if tag else recipe.ref
-    with store.shared_lock():
+    options = _Options(mirror, refresh, offline, allow_loopback_http, metadata_ttl)
+    fetcher = downloader or Downloader(store.tmp_dir)
+    with store.shared_lock(), _upstream(store, fetcher, options) as cache:
+        target = resolve(recipe, cache=cache, mirror=mirror)
         if not refresh:
-            hit = _cached(store, ref, recipe.digest)
+            hit = _cached(store, ref, target.identity)
             if hit is not None:
                 progress(ProgressEvent("done", f"{ref} is up to date"))
                 return hit
-        image = fetch_image(store, recipe, mirror=mirror, progress=progress, downloader=downloader)
-        return _tag(store, ref, recipe.digest, image, progress)
+        image = _fetch_target(store, recipe, target, cache, fetcher, options, progress)
+        return _tag(store, ref, target.identity, image, progress)
 
 
 def fetch_image(
@@ -111,48 +135,83 @@ def fetch_image(
     recipe: Recipe,
     *,
     mirror: str | None = None,
+    refresh: bool = False,
+    offline: bool = False,
+    allow_loopback_http: bool = False,
+    metadata_ttl: float = DEFAULT_TTL,
     progress: ProgressCallback = ignore_progress,
     downloader: Downloader | None = None,
 ) -> Image:
-    """Fetch, verify and store the recipe's source image without tagging it (build's base).
+    """Resolve, fetch, verify and store the recipe's image without tagging it (build's base).
 
     The caller holds the store's shared lock, so gc cannot sweep the untagged manifest.
+    The options mean what they mean for :func:`pull`.
     """
-    source = recipe.source
-    if not isinstance(source, HttpSource):
-        raise RecipeError(f"{recipe.name}: source kind {source.kind!r} is not downloaded")
-    urls = plan(source, mirror)
+    options = _Options(mirror, refresh, offline, allow_loopback_http, metadata_ttl)
     fetcher = downloader or Downloader(store.tmp_dir)
-    progress(ProgressEvent("verify", f"checking evidence for {source.filename}"))
-    checksum_data = fetcher.fetch_small(urls.checksum_url) if urls.checksum_url else None
-    signature = fetcher.fetch_small(urls.signature_url) if urls.signature_url else None
-    checksums = None
-    if checksum_data is not None:
-        checksums = verify_checksum_file(
-            checksum_data,
-            signature=signature,
-            keys=source.keys,
-            fingerprints=source.fingerprints,
-            source=urls.checksum_url or "checksum file",
-        )
-    expect = expectation_for(
-        source.filename, checksums=checksums, pinned=source.pinned, insecure=source.insecure
+    with _upstream(store, fetcher, options) as cache:
+        target = resolve(recipe, cache=cache, mirror=mirror)
+        return _fetch_target(store, recipe, target, cache, fetcher, options, progress)
+
+
+def _upstream(store: Store, fetcher: Downloader, options: _Options) -> UpstreamCache:
+    return UpstreamCache(
+        store.cache_dir / "upstream",
+        fetcher,
+        ttl=options.metadata_ttl,
+        refresh=options.refresh,
+        offline=options.offline,
     )
-    disk, info = _fetch_disk(store, fetcher, urls.url, source.format, expect, progress)
-    evidence = [
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    """The checksum file and signature as fetched, and what they make the bytes expected to be."""
+
+    checksum: bytes | None
+    signature: bytes | None
+    expect: Expectation
+    transport: str | None  # how the checksum file travelled, when that counts (https, loopback)
+
+
+def _fetch_target(
+    store: Store,
+    recipe: Recipe,
+    target: Target,
+    cache: UpstreamCache,
+    fetcher: Downloader,
+    options: _Options,
+    progress: ProgressCallback,
+) -> Image:
+    """Verify the evidence for the resolved file, then fetch, inspect and store it."""
+    source = target.source
+    urls = plan(source, options.mirror)
+    if target.resolution is not None:
+        progress(ProgressEvent("resolve", f"{recipe.ref} is {source.filename}"))
+    progress(ProgressEvent("verify", f"checking evidence for {source.filename}"))
+    evidence = _verify(recipe, target, urls, cache, options.allow_loopback_http)
+    disk, info = _fetch_disk(
+        store, fetcher, cache, urls.url, source.format, evidence.expect, options.offline, progress
+    )
+    stored = [
         store.add_bytes(data, media)
         for data, media in (
-            (checksum_data, MEDIA_EVIDENCE_CHECKSUM),
-            (signature, MEDIA_EVIDENCE_SIGNATURE),
+            (evidence.checksum, MEDIA_EVIDENCE_CHECKSUM),
+            (evidence.signature, MEDIA_EVIDENCE_SIGNATURE),
         )
         if data is not None
     ]
+    verification = _verification_record(evidence.expect, stored)
+    verification["checksum_transport"] = evidence.transport
+    if target.keys_override:
+        verification["keys_override"] = [str(path) for path in target.keys_override]
     config = {
         **base_config(recipe.name, recipe.version, recipe.arch),
         "recipe": {
             "digest": recipe.digest,
             "path": str(recipe.path) if recipe.path else None,
             "text": recipe.text,
+            "pin": recipe.pin or None,
         },
         "source": {
             "kind": "http",
@@ -162,14 +221,57 @@ def fetch_image(
             "checksum_url": source.checksum_url,
             "signature_url": source.signature_url,
             "filename": source.filename,
+            "resolved": target.resolution.record() if target.resolution else None,
         },
-        "verification": _verification_record(expect, evidence),
+        "verification": verification,
         "disk": _disk_record(disk, info),
     }
-    manifest = store.write_manifest(
-        config, [disk, *evidence], {CREATED_ANNOTATION: str(config["created"])}
-    )
+    annotations = {
+        CREATED_ANNOTATION: str(config["created"]),
+        SOURCE_URL_ANNOTATION: source.url,
+        SOURCE_FILENAME_ANNOTATION: source.filename,
+        SOURCE_DIGEST_ANNOTATION: disk.digest,
+    }
+    manifest = store.write_manifest(config, [disk, *stored], annotations)
     return Image.from_descriptor(store, manifest)
+
+
+def _verify(
+    recipe: Recipe, target: Target, urls: Plan, cache: UpstreamCache, allow_loopback_http: bool
+) -> _Evidence:
+    """Check signature and transport, then settle what the image must hash to, or refuse."""
+    source = target.source
+    checksum = cache.get(urls.checksum_url) if urls.checksum_url else None
+    signature = cache.get(urls.signature_url) if urls.signature_url else None
+    checksums = None
+    if checksum is not None:
+        checksums = verify_checksum_file(
+            checksum,
+            signature=signature,
+            keys=source.keys,
+            fingerprints=source.fingerprints,
+            source=urls.checksum_url or "checksum file",
+        )
+    transport = None
+    if urls.checksum_url:
+        transport = checksum_transport(urls.checksum_url, allow_loopback_http=allow_loopback_http)
+    over_tls = source.level == CHECKSUM_OVER_TLS
+    if over_tls and transport is None and not source.pinned:
+        raise VerificationError(
+            f"{recipe.name}: {urls.checksum_url} is not signed and did not come over TLS, so it "
+            "proves nothing; use an https:// mirror (plain http is accepted only from "
+            "127.0.0.1/localhost with --allow-loopback-http)"
+        )
+    expect = expectation_for(
+        source.filename,
+        checksums=checksums,
+        pinned=source.pinned,
+        insecure=source.insecure,
+        over_tls=over_tls and transport is not None,
+        metadata=target.resolution.digests if target.resolution else None,
+    )
+    require_level(source.required_level, expect.level, source.filename)
+    return _Evidence(checksum, signature, expect, transport)
 
 
 def import_file(
@@ -191,7 +293,9 @@ def import_file(
     with store.shared_lock():
         fetcher = Downloader(store.tmp_dir)
         expect = Expectation(UNVERIFIED)
-        disk, info = _fetch_disk(store, fetcher, path.resolve().as_uri(), fmt, expect, progress)
+        disk, info = _fetch_disk(
+            store, fetcher, None, path.resolve().as_uri(), fmt, expect, False, progress
+        )
         config = {
             **base_config(parsed.name, parsed.tag, None),
             "source": {"kind": "local", "path": str(path.resolve())},
@@ -226,17 +330,21 @@ def _cached(store: Store, ref: str, recipe_digest: str) -> Image | None:
 def _fetch_disk(
     store: Store,
     fetcher: Downloader,
+    cache: UpstreamCache | None,
     url: str,
     disk_format: str,
     expect: Expectation,
+    offline: bool,
     progress: ProgressCallback,
 ) -> tuple[Descriptor, dict[str, Any]]:
     """Download (or find) the disk bytes, check them, move them into ``blobs/``.
 
+    ``cache`` maps other digests (Debian lists only sha512) to the sha256 the store is keyed
+    by, so a file stored before is found without downloading it again.
     Returns the blob's descriptor and its ``qemu-img info``.
     """
     media_type = DISK_MEDIA[disk_format]
-    known = expect.digests.get("sha256")
+    known = expect.digests.get("sha256") or (cache.sha256_for(expect.digests) if cache else None)
     lock_key = f"sha256:{known}" if known else "url:" + hashlib.sha256(url.encode()).hexdigest()
     with store.digest_lock(lock_key):
         if known and store.has_blob(f"sha256:{known}"):
@@ -244,6 +352,10 @@ def _fetch_disk(
             path = store.blob_path(f"sha256:{known}")
             info = qemu_img.info(path, disk_format)
             return Descriptor(media_type, f"sha256:{known}", path.stat().st_size), info
+        if offline:
+            raise FetchError(
+                f"offline, and {url} is not in the store yet: pull it once without --offline"
+            )
         algorithms = sorted({"sha256", *expect.digests})
         name = hashlib.sha256(url.encode()).hexdigest()[:32]
         result = fetcher.download(
@@ -261,6 +373,8 @@ def _fetch_disk(
         progress(ProgressEvent("store", f"storing {digest[:19]}"))
         descriptor = store.commit_file(result.path, digest, media_type)
         _discard(result)  # only the resume sidecar is left; the bytes are in blobs/ now
+        if cache is not None:
+            cache.remember(result.digests)
         return descriptor, info
 
 

@@ -3,6 +3,8 @@
 The levels say honestly what was proven:
 ``signed``: an OpenPGP signature by a pinned key covers the checksum line of the image;
 ``pinned``: the digest is written in the recipe (or typed by the user);
+``checksum-over-tls``: an unsigned checksum file came over HTTPS, so it is what that server
+publishes (CentOS Stream, AlmaLinux, Debian publish nothing stronger) but nobody signed it;
 ``unverified``: the user opted out (recipe ``insecure = true`` or ``imagekit import``).
 """
 
@@ -12,14 +14,19 @@ import hashlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from imagekit.checksums import ChecksumEntry, find_entry, parse_checksum_file
-from imagekit.errors import ChecksumError, SignatureError
+from imagekit.errors import ChecksumError, SignatureError, VerificationError
 from imagekit.openpgp import is_clearsigned, verify_clearsigned, verify_detached
 
 SIGNED = "signed"
 PINNED = "pinned"
+CHECKSUM_OVER_TLS = "checksum-over-tls"
 UNVERIFIED = "unverified"
+# Strength of each level; a recipe's required level is met by any level at least as strong.
+LEVELS = {UNVERIFIED: 0, CHECKSUM_OVER_TLS: 1, PINNED: 2, SIGNED: 2}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
@@ -92,9 +99,23 @@ def expectation_for(
     checksums: VerifiedChecksums | None,
     pinned: Mapping[str, str],
     insecure: bool,
+    over_tls: bool = False,
+    metadata: Mapping[str, str] | None = None,
 ) -> Expectation:
-    """Combine checksum file and pins into what the bytes must be. Refuse when nothing vouches."""
+    """Combine checksum file and pins into what the bytes must be. Refuse when nothing vouches.
+
+    ``over_tls``: the recipe accepts an unsigned checksum file and it came over HTTPS.
+    ``metadata``: digests upstream metadata (releases.json, Debian's JSON) states; they must
+    agree with the rest but prove nothing by themselves, so they never raise the level.
+    """
     digests = dict(pinned)
+    for algorithm, digest in (metadata or {}).items():
+        if digests.setdefault(algorithm, digest) != digest:
+            raise ChecksumError(
+                f"{filename} is pinned to {algorithm} {digests[algorithm]}, but upstream "
+                f"metadata lists {digest}: upstream now offers other bytes under this version; "
+                "drop the pin to take them, or keep it to stay on the image you pinned"
+            )
     entry = None
     size = None
     if checksums is not None:
@@ -103,20 +124,47 @@ def expectation_for(
         listed = digests.setdefault(entry.algorithm, entry.digest)
         if listed != entry.digest:
             raise ChecksumError(
-                f"the recipe pins {entry.algorithm} {listed} for {filename}, but the checksum "
-                f"file lists {entry.digest}: one of them is wrong; the image was not fetched"
+                f"{filename} is expected to have {entry.algorithm} {listed} (pinned or from "
+                f"upstream metadata), but the checksum file lists {entry.digest}: one of them is "
+                "wrong; the image was not fetched"
             )
     if checksums is not None and checksums.signer is not None:
         return Expectation(SIGNED, digests, size, checksums.signer, entry)
     if pinned:
         return Expectation(PINNED, digests, size, None, entry)
+    if checksums is not None and over_tls:
+        return Expectation(CHECKSUM_OVER_TLS, digests, size, None, entry)
     if insecure:
         return Expectation(UNVERIFIED, digests, size, None, entry)
     raise SignatureError(
         f"nothing vouches for {filename}: no signature by a pinned key and no pinned digest. "
-        "Add keys (and a signed checksum file) or a sha256 pin to the recipe, or set "
-        "insecure = true to accept it unverified"
+        "Add keys (and a signed checksum file) or a sha256 pin to the recipe, set "
+        'level = "checksum-over-tls" to trust an unsigned checksum file fetched over HTTPS, or '
+        "set insecure = true to accept it unverified"
     )
+
+
+def require_level(required: str, achieved: str, what: str) -> None:
+    """Refuse an image whose evidence is weaker than its recipe demands."""
+    if required and LEVELS[achieved] < LEVELS[required]:
+        raise VerificationError(
+            f"{what} is only {achieved}, but its recipe requires {required}; nothing was stored"
+        )
+
+
+def checksum_transport(url: str, *, allow_loopback_http: bool = False) -> str | None:
+    """How a checksum file travels, when that counts for ``checksum-over-tls``; else None.
+
+    ``https`` always counts. Plain ``http`` counts only to 127.0.0.1/localhost and only when
+    the caller allows it (tests, a caching proxy on this host): the bytes never left the machine,
+    and provenance records ``http-loopback`` so nobody mistakes it for TLS.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return "https"
+    if parts.scheme == "http" and allow_loopback_http and parts.hostname in LOOPBACK_HOSTS:
+        return "http-loopback"
+    return None
 
 
 def hash_file(path: Path, algorithms: Sequence[str] = ("sha256",)) -> dict[str, str]:
