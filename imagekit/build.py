@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from imagekit.pull import (
     RECIPE_DIGEST_ANNOTATION,
     base_config,
     fetch_image,
+    source_identity,
 )
 from imagekit.recipe import HttpSource, Recipe, RecipeSource, ScratchSource
 from imagekit.refs import parse_ref
@@ -168,7 +169,18 @@ def _base(
         result = build(store, parent, mirror=mirror, use_cache=use_cache, progress=progress)
         return result.image, result.layers
     if isinstance(source, HttpSource):
-        key = _key({"http": _source_identity(source), "arch": recipe.arch})
+        # Keyed by the source alone: editing a step must not re-verify or re-fetch the base.
+        source_only = replace(
+            recipe,
+            customize=(),
+            text=json.dumps(asdict(source), default=str, sort_keys=True),
+        )
+        key = _key(
+            {
+                "http": source_identity(store, source_only, mirror=mirror),
+                "keys": [hash_file(k)["sha256"] for k in source.keys],
+            }
+        )
         hit = cache.get(key) if use_cache else None
         if hit is not None:
             image = Image.from_descriptor(store, hit, cached=True)
@@ -279,9 +291,7 @@ def _run_step(
         # it opened. While the new layer is built in workdir, symlinks of those names lead qemu
         # through the whole chain of blobs.
         for disk in chain:
-            (workdir / disk.digest.removeprefix("sha256:")).symlink_to(
-                store.blob_path(disk.digest)
-            )
+            (workdir / disk.digest.removeprefix("sha256:")).symlink_to(store.blob_path(disk.digest))
         overlay = workdir / "layer.qcow2"
         parent_format = "qcow2" if parent.media_type == MEDIA_DISK_QCOW2 else "raw"
         qemu_img.create_overlay(overlay, parent_name, parent_format)
@@ -378,7 +388,10 @@ def _write(
     disks = [d for d in base_layers if d.media_type in _DISK_MEDIA]
     evidence = [d for d in base_layers if d.media_type not in _DISK_MEDIA]
     manifest = store.write_manifest(
-        config, [*disks, *layers, *evidence], {CREATED_ANNOTATION: str(config["created"])}
+        config,
+        [*disks, *layers, *evidence],
+        {CREATED_ANNOTATION: str(config["created"])},
+        subject=store.resolve(base.digest),
     )
     store.tag(
         ref,
@@ -409,21 +422,6 @@ def _save_record(cache: BuildCache, key: str, outcome: Mapping[str, Any]) -> Non
 
 def _key(identity: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(dict(identity))).hexdigest()
-
-
-def _source_identity(source: HttpSource) -> dict[str, Any]:
-    """What decides which bytes an http source yields (mirrors excluded: they serve the same)."""
-    return {
-        "url": source.url,
-        "checksum_url": source.checksum_url,
-        "signature_url": source.signature_url,
-        "keys": [hash_file(k)["sha256"] for k in source.keys],
-        "fingerprints": list(source.fingerprints),
-        "pinned": dict(source.pinned),
-        "insecure": source.insecure,
-        "format": source.format,
-        "filename": source.filename,
-    }
 
 
 def _scratch_identity(source: ScratchSource) -> dict[str, Any]:

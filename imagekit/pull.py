@@ -154,6 +154,16 @@ def fetch_image(
         return _fetch_target(store, recipe, target, cache, fetcher, options, progress)
 
 
+def source_identity(store: Store, recipe: Recipe, *, mirror: str | None = None) -> str:
+    """What decides which bytes the recipe yields now: its resolved file, keys and pins.
+
+    Build keys its downloaded base with this, so a new upstream compose is a new base.
+    """
+    options = _Options(mirror, False, False, False, DEFAULT_TTL)
+    with _upstream(store, Downloader(store.tmp_dir), options) as cache:
+        return resolve(recipe, cache=cache, mirror=mirror).identity
+
+
 def _upstream(store: Store, fetcher: Downloader, options: _Options) -> UpstreamCache:
     return UpstreamCache(
         store.cache_dir / "upstream",

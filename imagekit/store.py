@@ -321,9 +321,15 @@ class Store:
         config: Mapping[str, Any],
         layers: Sequence[Descriptor],
         annotations: Mapping[str, str] | None = None,
+        *,
+        subject: Descriptor | None = None,
     ) -> Descriptor:
-        """Store config and manifest; every layer must already be in the store."""
-        for layer in layers:
+        """Store config and manifest; every layer must already be in the store.
+
+        ``subject`` names the manifest this one was built from (OCI 1.1): it keeps the base's
+        provenance alive for gc and lets registries list builds as referrers of their base.
+        """
+        for layer in [*layers, *([subject] if subject else [])]:
             if not self.has_blob(layer.digest):
                 raise StoreError(
                     f"cannot write a manifest: layer {layer.digest} ({layer.media_type}) "
@@ -338,6 +344,8 @@ class Store:
             "layers": [layer.to_json() for layer in layers],
             "annotations": dict(annotations or {}),
         }
+        if subject is not None:
+            manifest["subject"] = subject.to_json()
         return self.add_json(manifest, MEDIA_MANIFEST)
 
     def manifest(self, digest: str) -> dict[str, Any]:
@@ -742,7 +750,7 @@ def _manifest_descriptors(obj: Any) -> list[Descriptor]:
         items = obj.get("layers")
         if not isinstance(items, list):
             raise StoreError("'layers' is not a list")
-        items = [obj.get("config"), *items]
+        items = [obj.get("config"), *items, *([obj["subject"]] if "subject" in obj else [])]
     if not isinstance(items, list):
         raise StoreError("'manifests' is not a list")
     annotations = obj.get("annotations", {})
