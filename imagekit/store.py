@@ -167,9 +167,14 @@ class Store:
         mirror: str | None = None,
         tag: str | None = None,
         refresh: bool = False,
+        offline: bool = False,
+        allow_loopback_http: bool = False,
         progress: ProgressCallback | None = None,
     ) -> Image:
-        """Fetch, verify and store a recipe's image (a Recipe, a recipe file or NAME[:VERSION])."""
+        """Fetch, verify and store a recipe's image (a Recipe, a recipe file or NAME[:VERSION]).
+
+        ``offline`` makes no request (cached metadata, stored images only); see pull.pull.
+        """
         from imagekit.pull import pull
         from imagekit.recipe import load_recipe
 
@@ -180,6 +185,8 @@ class Store:
             mirror=mirror,
             tag=tag,
             refresh=refresh,
+            offline=offline,
+            allow_loopback_http=allow_loopback_http,
             progress=progress or ignore_progress,
         )
 
