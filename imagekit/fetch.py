@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
-import importlib.metadata
 import json
 import os
 import re
@@ -23,16 +23,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
-
-import requests
-import urllib3.exceptions
 
 from imagekit.errors import FetchError
 from imagekit.locking import FileLock
 from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
+
+if TYPE_CHECKING:  # requests is imported on first use: a cache-hit pull never needs it
+    import requests
 
 _T = TypeVar("_T")
 
@@ -44,16 +44,19 @@ _UNSATISFIED_RANGE = re.compile(r"bytes \*/(\d+)")
 _ALGORITHMS = hashlib.algorithms_guaranteed - {"shake_128", "shake_256"}
 
 
-def _user_agent() -> str:
-    """Our version from package metadata: importing ``imagekit`` here could be an import cycle."""
+@functools.cache
+def _headers() -> dict[str, str]:
+    """Sent with every request. identity: the bytes hashed must be the bytes of the file, never
+    a transparently decoded body. The version comes from package metadata (importing
+    ``imagekit`` here would be an import cycle), looked up on first request only."""
+    import importlib.metadata
+
     try:
-        return f"imagekit/{importlib.metadata.version('imagekit')}"
+        version = importlib.metadata.version("imagekit")
     except importlib.metadata.PackageNotFoundError:
-        return "imagekit/0"
+        version = "0"
+    return {"User-Agent": f"imagekit/{version}", "Accept-Encoding": "identity"}
 
-
-# identity: the bytes hashed must be the bytes of the file, never a transparently decoded body
-_HEADERS = {"User-Agent": _user_agent(), "Accept-Encoding": "identity"}
 
 
 @dataclass(frozen=True)
@@ -74,15 +77,21 @@ class _Transient(Exception):
     """A failure worth retrying: a server hiccup, a short body, or an object that changed."""
 
 
-_TRANSIENT = (
-    _Transient,
-    requests.ConnectionError,  # refused, reset, DNS, connect timeout
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    urllib3.exceptions.ProtocolError,  # reset or short body while streaming the raw body
-    urllib3.exceptions.ReadTimeoutError,
-    urllib3.exceptions.SSLError,  # TLS framing broken mid-body: a cut connection
-)
+@functools.cache
+def _transient() -> tuple[type[BaseException], ...]:
+    """Failures worth retrying; a function so that requests loads only when a request is made."""
+    import requests
+    import urllib3.exceptions
+
+    return (
+        _Transient,
+        requests.ConnectionError,  # refused, reset, DNS, connect timeout
+        requests.Timeout,
+        requests.exceptions.ChunkedEncodingError,
+        urllib3.exceptions.ProtocolError,  # reset or short body while streaming the raw body
+        urllib3.exceptions.ReadTimeoutError,
+        urllib3.exceptions.SSLError,  # TLS framing broken mid-body: a cut connection
+    )
 
 
 class Downloader:
@@ -104,7 +113,16 @@ class Downloader:
         self.backoff = backoff
         self.timeout = (connect_timeout, read_timeout)
         self.chunk_size = chunk_size
-        self.session = session if session is not None else requests.Session()
+        self._session = session
+
+    @property
+    def session(self) -> requests.Session:
+        """One connection pool for every request this downloader makes, created on first use."""
+        if self._session is None:
+            import requests
+
+            self._session = requests.Session()
+        return self._session
 
     def download(
         self,
@@ -163,7 +181,7 @@ class Downloader:
 
     def _get(self, url: str, headers: dict[str, str]) -> requests.Response:
         return self.session.get(
-            url, headers={**_HEADERS, **headers}, stream=True, timeout=self.timeout
+            url, headers={**_headers(), **headers}, stream=True, timeout=self.timeout
         )
 
     def _retrying(
@@ -174,6 +192,9 @@ class Downloader:
         kept: Path | None = None,
     ) -> _T:
         """Run ``attempt`` until it succeeds; only failures that made no progress count."""
+        import requests
+        import urllib3.exceptions
+
         failures = attempts = 0
         while True:
             before = on_disk()
@@ -185,7 +206,7 @@ class Downloader:
                     f"TLS error talking to {url}: {exc}; check the mirror's certificate "
                     "and the system CA certificates"
                 ) from exc
-            except _TRANSIENT as exc:
+            except _transient() as exc:
                 failures = 1 if on_disk() > before else failures + 1
                 if failures > self.retries:
                     note = (

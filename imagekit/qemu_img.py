@@ -16,8 +16,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import sh
-
 from imagekit.diskformat import SUPPORTED_FORMATS, is_plain_name
 from imagekit.errors import ImagekitError, UnsafeImageError
 from imagekit.progress import ProgressCallback, ProgressEvent
@@ -109,6 +107,8 @@ def _run(
     **options: Any,
 ) -> str:
     """Run qemu-img; ``untrusted`` adds the resource limits and makes failures UnsafeImageError."""
+    import sh  # loaded when qemu-img runs: a cache-hit pull never needs it
+
     error = UnsafeImageError if untrusted else ImagekitError
     try:
         if untrusted:

@@ -30,8 +30,6 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import requests
-
 from imagekit.checksums import ChecksumEntry, parse_checksum_file
 from imagekit.errors import ChecksumError, FetchError, RecipeError
 from imagekit.fetch import Downloader
@@ -45,7 +43,6 @@ TEST_KEYS_ENV = "IMAGEKIT_TEST_KEYS"
 _MAX_METADATA = 16 << 20
 _MAX_BACKOFF = 30.0
 _HREF = re.compile(rb"""href\s*=\s*["']([^"'#?]+)""", re.IGNORECASE)
-_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 class _Retry(Exception):
@@ -157,10 +154,18 @@ class UpstreamCache:
         if entry is not None and entry.last_modified:
             headers["If-Modified-Since"] = entry.last_modified
         failures = 0
+        import requests  # loaded on first request: cached metadata needs none
+
+        transient = (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            _Retry,
+        )
         while True:
             try:
                 return self._request(url, headers, entry)
-            except (*_TRANSIENT, _Retry) as exc:
+            except transient as exc:
                 failures += 1
                 if failures > self.downloader.retries:
                     raise FetchError(
