@@ -58,7 +58,6 @@ def _headers() -> dict[str, str]:
     return {"User-Agent": f"imagekit/{version}", "Accept-Encoding": "identity"}
 
 
-
 @dataclass(frozen=True)
 class FetchResult:
     """A finished download: where it is and what it hashes to, so nobody has to read it again."""
@@ -153,8 +152,9 @@ class Downloader:
                 partial.adopt(self.chunk_size)
                 self._retrying(url, lambda: self._attempt(job), lambda: partial.size, partial.path)
             if expected_size is not None and partial.size != expected_size:
+                size = partial.size  # discard() zeroes it; the message must say what was got
                 partial.discard()
-                _size_mismatch(url, partial.size, expected_size)
+                _size_mismatch(url, size, expected_size)
             partial.sync()
         job.meter.update(partial.size, partial.size, final=True)
         return FetchResult(
@@ -256,7 +256,9 @@ class Downloader:
             if job.expected_size is not None and total not in (None, job.expected_size):
                 partial.discard()
                 _size_mismatch(job.url, total, job.expected_size)
-            self._stream(resp, job, total)
+            # A body without a length that ends early is a cut connection, not the whole file,
+            # when the signed size is known: resume it rather than delete it as a size mismatch.
+            self._stream(resp, job, job.expected_size if total is None else total)
 
     def _stream(self, resp: requests.Response, job: _Job, total: int | None) -> None:
         """Append the body; decode_content=False so compressed files stay as published."""
