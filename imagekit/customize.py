@@ -1056,7 +1056,9 @@ def grow_filesystems(g: Any) -> list[str]:
     the root), then pvresize + lvresize for LVM, then resize2fs / xfs_growfs / btrfs resize.
     """
     root = guest.find_root(g)
-    device = g.mountable_device(root)
+    # not mountable_device(): it can return the appliance's own name (/dev/sdb1) for /dev/sda1
+    candidates = [*g.list_devices(), *g.list_partitions(), *g.lvs()]
+    device = next((d for d in candidates if root.startswith(f"btrfsvol:{d}/")), root)
     messages: list[str] = []
     partition = _single_pv(g, device) if g.is_lv(device) else device
     if partition not in g.list_devices():

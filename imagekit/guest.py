@@ -8,6 +8,7 @@ back to TCG if it does not reach its first panic.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -81,21 +82,27 @@ def kvm_probe() -> tuple[bool, str]:
     qemu = shutil.which("qemu-system-x86_64")
     kernel = _probe_kernel()
     if platform.machine() != "x86_64" or qemu is None or kernel is None:
-        return True, "KVM not probed (no x86_64 qemu or readable kernel); libguestfs decides"
+        return True, "KVM not probed (no x86_64 qemu or no readable kernel)"
     # A kernel with no root device panics within a second on working KVM; panic=-1 reboots
     # at once and -no-reboot turns that into a clean exit. Broken KVM aborts or hangs.
     command = [qemu, "-accel", "kvm", "-M", "pc", "-cpu", "max", "-m", "128", "-nodefaults"]
     command += ["-display", "none", "-no-reboot", "-kernel", str(kernel)]
     command += ["-append", "panic=-1 quiet"]
+    quiet = subprocess.DEVNULL
+    probe = subprocess.Popen(command, stdin=quiet, stdout=quiet, stderr=subprocess.PIPE, text=True)
     try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=PROBE_SECONDS, check=False
-        )
+        _, stderr = probe.communicate(timeout=PROBE_SECONDS)
     except subprocess.TimeoutExpired:
+        probe.kill()  # a vCPU stuck in a broken KVM may not even die: do not wait long for it
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            probe.wait(timeout=1)
         return False, f"a test boot under KVM did not finish within {PROBE_SECONDS:g} s"
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        return False, f"a test boot under KVM failed: {lines[-1] if lines else done.returncode}"
+    finally:
+        if probe.stderr:
+            probe.stderr.close()
+    if probe.returncode != 0:
+        lines = stderr.strip().splitlines()
+        return False, f"a test boot under KVM failed: {lines[-1] if lines else probe.returncode}"
     return True, "a test boot under KVM worked"
 
 
@@ -121,17 +128,19 @@ def launch(
     """Add ``drives`` and launch the appliance; the caller must shut it down (see ``launched``)."""
     global LAUNCHES
     mode = accel()
+    auto = os.environ.get(ACCEL_ENV, "auto").strip().lower() == "auto"
     g = guestfs.GuestFS(python_return_dict=True)
     try:
         for drive in drives:
             g.add_drive_opts(str(drive.path), format=drive.format, readonly=drive.readonly)
         settings = [s for s in g.get_backend_settings() if s not in ("force_tcg", "force_kvm")]
-        g.set_backend_settings([*settings, f"force_{mode}"])
+        if mode == "tcg" or not auto:  # an auto-chosen KVM keeps libguestfs's TCG fallback
+            settings.append(f"force_{mode}")
+        g.set_backend_settings(settings)
         g.set_network(network)
         g.set_smp(min(2, os.cpu_count() or 1))  # boots ~30% faster under TCG
         if memsize_mb is not None:
             g.set_memsize(memsize_mb)
-        auto = os.environ.get(ACCEL_ENV, "auto").strip().lower() == "auto"
         why = kvm_probe()[1] if auto else f"set by {ACCEL_ENV}"
         progress(ProgressEvent("customize", f"starting the libguestfs appliance ({mode}: {why})"))
         LAUNCHES += 1
