@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from imagekit import customize, guest, qemu_img, scratch
+from imagekit import customize, guest, kickstart, qemu_img, scratch
 from imagekit.errors import CustomizeError, ImagekitError, RecipeError
 from imagekit.image import Image
 from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
@@ -30,7 +30,7 @@ from imagekit.pull import (
     fetch_image,
     source_identity,
 )
-from imagekit.recipe import HttpSource, Recipe, RecipeSource, ScratchSource
+from imagekit.recipe import HttpSource, KickstartSource, Recipe, RecipeSource, ScratchSource
 from imagekit.refs import parse_ref
 from imagekit.store import (
     MEDIA_DISK_QCOW2,
@@ -191,6 +191,10 @@ def _base(
             f"fetch {source.filename}", image.disk_digest, hit is not None, _since(started)
         )
         return image, [report]
+    if isinstance(source, KickstartSource):
+        image, cached = _make_kickstart(store, recipe, source, cache, mirror, use_cache, progress)
+        name = f"kickstart install from {source.installer_recipe or source.kickstart.name}"
+        return image, [LayerReport(name, image.disk_digest, cached, _since(started))]
     key = _key({"scratch": _scratch_identity(source), "code": SCRATCH_CODE_VERSION})
     hit = cache.get(key) if use_cache else None
     if hit is not None:
@@ -229,6 +233,29 @@ def _make_scratch(
     }
     manifest = store.write_manifest(config, [disk], {CREATED_ANNOTATION: config["created"]})
     return Image.from_descriptor(store, manifest)
+
+
+def _make_kickstart(
+    store: Store,
+    recipe: Recipe,
+    source: KickstartSource,
+    cache: BuildCache,
+    mirror: str | None,
+    use_cache: bool,
+    progress: ProgressCallback,
+) -> tuple[Image, bool]:
+    """Validate and fetch first (cheap), then install only if this build key was never built.
+
+    The key lock makes a concurrent identical build wait for the first one and reuse it.
+    """
+    prepared = kickstart.prepare(store, recipe, source, mirror=mirror, progress=progress)
+    with store.digest_lock(f"kickstart-{prepared.key}"):
+        hit = cache.get(prepared.key) if use_cache else None
+        if hit is not None:
+            return Image.from_descriptor(store, hit, cached=True), True
+        image = kickstart.install(store, recipe, prepared, progress)
+        cache.put(prepared.key, Descriptor(image.manifest["mediaType"], image.digest, 0))
+        return image, False
 
 
 def _apply_steps(

@@ -93,7 +93,7 @@ def ensure_safe(
     the overlay, so the overlay must live in that directory when it is used. The parent itself is
     not re-inspected: it is already in the store.
     """
-    if expected_format not in SUPPORTED_FORMATS:
+    if expected_format not in (*SUPPORTED_FORMATS, "iso"):  # "iso": an installer, never a disk
         raise UnsafeImageError(
             f"unsupported format {expected_format!r} for {path}: imagekit accepts only qcow2 "
             "and raw disks; use the distribution's qcow2 or raw image instead"

@@ -48,7 +48,8 @@ CREATED_ANNOTATION = "org.opencontainers.image.created"
 SOURCE_URL_ANNOTATION = "org.imagekit.source.url"
 SOURCE_FILENAME_ANNOTATION = "org.imagekit.source.filename"
 SOURCE_DIGEST_ANNOTATION = "org.imagekit.source.digest"
-DISK_MEDIA = {"qcow2": MEDIA_DISK_QCOW2, "raw": MEDIA_DISK_RAW}
+MEDIA_ISO = "application/vnd.imagekit.iso"  # an installer ISO (source format "iso")
+DISK_MEDIA = {"qcow2": MEDIA_DISK_QCOW2, "raw": MEDIA_DISK_RAW, "iso": MEDIA_ISO}
 # qemu-img info fields worth keeping; the rest (temp file names) would make provenance noisy.
 _INFO_FIELDS = ("format", "virtual-size", "cluster-size", "format-specific", "dirty-flag")
 
@@ -298,7 +299,7 @@ def import_file(
         raise RecipeError(f"{path} is not a file")
     detected = diskformat.probe(path).format
     fmt = disk_format or detected
-    if fmt not in DISK_MEDIA:
+    if fmt not in diskformat.SUPPORTED_FORMATS:
         raise RecipeError(f"{path} is {detected}; only qcow2 and raw images can be imported")
     with store.shared_lock():
         fetcher = Downloader(store.tmp_dir)
@@ -360,7 +361,7 @@ def _fetch_disk(
         if known and store.has_blob(f"sha256:{known}"):
             progress(ProgressEvent("fetch", "already in the store", 1, 1))
             path = store.blob_path(f"sha256:{known}")
-            info = qemu_img.info(path, disk_format)
+            info = qemu_img.info(path, _qemu_format(disk_format))
             return Descriptor(media_type, f"sha256:{known}", path.stat().st_size), info
         if offline:
             raise FetchError(
@@ -375,7 +376,7 @@ def _fetch_disk(
             expect.check(result.digests, result.size, url)
             progress(ProgressEvent("inspect", "checking the disk header"))
             diskformat.ensure_safe(result.path, disk_format)
-            info = qemu_img.info(result.path, disk_format)
+            info = qemu_img.info(result.path, _qemu_format(disk_format))
         except ImagekitError:
             _discard(result)
             raise
@@ -386,6 +387,11 @@ def _fetch_disk(
         if cache is not None:
             cache.remember(result.digests)
         return descriptor, info
+
+
+def _qemu_format(disk_format: str) -> str:
+    """qemu reads an ISO as raw bytes; it has no "iso" format of its own."""
+    return "raw" if disk_format == "iso" else disk_format
 
 
 def _discard(result: FetchResult) -> None:

@@ -57,6 +57,11 @@ def create_overlay(path: Path, backing: str, backing_fmt: str) -> None:
     _run(args, what=f"qemu-img create of overlay {path}", timeout=TIMEOUT)
 
 
+def create(path: Path, fmt: str, size: int) -> None:
+    """A fresh, empty disk of ``size`` bytes (an installer's target)."""
+    _run(("create", "-q", "-f", fmt, _filename(path), str(size)), what=f"qemu-img create of {path}")
+
+
 def resize(path: Path, size: int) -> None:
     """Grow a qcow2 layer's virtual size; growing the guest's partitions is the appliance's job."""
     _run(("resize", "-q", "-f", "qcow2", _filename(path), str(size)), what=f"resize of {path}")

@@ -26,6 +26,8 @@ from imagekit.verify import CHECKSUM_OVER_TLS, LEVELS, PINNED, SIGNED, UNVERIFIE
 
 RECIPE_SUFFIX = ".toml"
 DISK_FORMATS = ("qcow2", "raw")
+HTTP_FORMATS = (*DISK_FORMATS, "iso")  # an ISO is fetched only as an installer (kind = "kickstart")
+KICKSTART_DELIVERIES = ("oemdrv", "http")
 PLACEHOLDERS = ("name", "version", "arch")
 RESOLVERS = ("fedora-releases", "checksum-listing", "debian-json", "ubuntu-sums")
 # Placeholders of a resolving recipe: known before the file is chosen, then after.
@@ -168,7 +170,39 @@ class RecipeSource:
         return load_recipe(self.recipe)
 
 
-Source = HttpSource | ScratchSource | RecipeSource
+@dataclass(frozen=True)
+class KickstartSource:
+    """Run an installer ISO with a kickstart in a throwaway VM: the installed disk is the base.
+
+    The installer is another recipe (``installer_recipe``, pulled and verified like any image) or
+    a local ISO pinned by ``installer_sha256``. Durations are seconds, sizes bytes.
+    """
+
+    kickstart: Path
+    base_dir: Path
+    installer_recipe: str = ""
+    installer_path: Path | None = None
+    installer_sha256: str = ""
+    disk_size: int = 20 << 30
+    disk_format: str = "qcow2"
+    memory: int = 2 << 30
+    vcpus: int = 2
+    timeout: float = 3600.0
+    inactivity: float = 600.0
+    delivery: str = "oemdrv"
+    kernel_args: tuple[str, ...] = ()
+    syntax: str = ""  # pykickstart version (F41, RHEL9); "" = from the recipe's version
+    compress: bool = False
+    force: bool = False
+
+    kind = "kickstart"
+
+    def load_installer(self) -> Recipe:
+        """The installer ISO's recipe; only for ``installer = { recipe = ... }``."""
+        return RecipeSource(self.installer_recipe, self.base_dir).load()
+
+
+Source = HttpSource | ScratchSource | RecipeSource | KickstartSource
 
 
 @dataclass(frozen=True)
@@ -375,7 +409,95 @@ def _source(
     if kind == "recipe":
         _reject_unknown(table, {"kind", "recipe"}, at)
         return RecipeSource(_string(table, "recipe", at, required=True), base_dir)
-    raise RecipeError(f"{at}: unsupported source kind {kind!r} (supported: http, scratch, recipe)")
+    if kind == "kickstart":
+        return _kickstart_source(table, values, base_dir, at)
+    raise RecipeError(
+        f"{at}: unsupported source kind {kind!r} (supported: http, scratch, recipe, kickstart)"
+    )
+
+
+def _kickstart_source(
+    table: Mapping[str, Any], values: Mapping[str, str], base_dir: Path, where: str
+) -> KickstartSource:
+    _reject_unknown(
+        table,
+        {"kind", "installer", "kickstart", "disk", "memory", "vcpus", "timeout", "inactivity"}
+        | {"delivery", "kernel_args", "syntax", "compress", "force"},
+        where,
+    )
+    installer = table.get("installer")
+    if not isinstance(installer, dict):
+        raise RecipeError(
+            f'{where}: installer must be a table: {{ recipe = "NAME:VERSION" }} or '
+            '{ path = "local.iso", sha256 = "..." }'
+        )
+    at = f"{where} installer"
+    _reject_unknown(installer, {"recipe", "path", "sha256"}, at)
+    recipe_name = _expand(_string(installer, "recipe", at), values, at)
+    local = _string(installer, "path", at)
+    sha256 = _string(installer, "sha256", at).lower()
+    if bool(recipe_name) == bool(local):
+        raise RecipeError(f"{at}: set exactly one of recipe and path")
+    if local and not re.fullmatch("[0-9a-f]{64}", sha256):
+        raise RecipeError(
+            f"{at}: a local ISO must be pinned: sha256 = 64 hex digits (`sha256sum {local}`)"
+        )
+    if recipe_name and sha256:
+        raise RecipeError(f"{at}: sha256 pins a local path; an installer recipe pins its own")
+    installer_path = base_dir / local if local else None
+    if installer_path is not None and not installer_path.is_file():
+        raise RecipeError(f"{at}: ISO {str(installer_path)!r} does not exist")
+    kickstart = base_dir / _string(table, "kickstart", where, required=True)
+    if not kickstart.is_file():
+        raise RecipeError(f"{where}: kickstart {str(kickstart)!r} does not exist")
+    disk = table.get("disk", {})
+    if not isinstance(disk, dict):
+        raise RecipeError(
+            f'{where}: disk must be a table like {{ size = "20G", format = "qcow2" }}'
+        )
+    _reject_unknown(disk, {"size", "format"}, f"{where} disk")
+    disk_format = _string(disk, "format", where) or "qcow2"
+    if disk_format not in DISK_FORMATS:
+        raise RecipeError(f"{where}: disk format must be one of {', '.join(DISK_FORMATS)}")
+    delivery = _string(table, "delivery", where) or "oemdrv"
+    if delivery not in KICKSTART_DELIVERIES:
+        raise RecipeError(f"{where}: delivery must be one of {', '.join(KICKSTART_DELIVERIES)}")
+    vcpus = table.get("vcpus", 2)
+    if not isinstance(vcpus, int) or isinstance(vcpus, bool) or not 1 <= vcpus <= 64:
+        raise RecipeError(f"{where}: vcpus must be a whole number from 1 to 64")
+    flags = {key: table.get(key, False) for key in ("compress", "force")}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise RecipeError(f"{where}: {key} must be true or false")
+    kernel_args = tuple(_string_list(table, "kernel_args", where))
+    if any(not arg or any(c.isspace() for c in arg) for arg in kernel_args):
+        raise RecipeError(f"{where}: kernel_args must be non-empty words without spaces")
+    return KickstartSource(
+        kickstart=kickstart,
+        base_dir=base_dir,
+        installer_recipe=recipe_name,
+        installer_path=installer_path,
+        installer_sha256=sha256,
+        disk_size=parse_size(_string(disk, "size", where) or "20G", where),
+        disk_format=disk_format,
+        memory=parse_size(_string(table, "memory", where) or "2G", where),
+        vcpus=vcpus,
+        timeout=parse_duration(_string(table, "timeout", where) or "60m", where),
+        inactivity=parse_duration(_string(table, "inactivity", where) or "10m", where),
+        delivery=delivery,
+        kernel_args=kernel_args,
+        syntax=_string(table, "syntax", where),
+        compress=flags["compress"],
+        force=flags["force"],
+    )
+
+
+def parse_duration(text: str, where: str) -> float:
+    """``90s``, ``10m``, ``2h`` or plain seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smh]?)", text.strip().lower())
+    if not match or float(match[1]) <= 0:
+        raise RecipeError(f"{where}: duration {text!r} must be a positive number with s, m or h")
+    return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
 
 
 def _scratch_source(table: Mapping[str, Any], base_dir: Path, where: str) -> ScratchSource:
@@ -451,8 +573,8 @@ def _http_source(
     keys, fingerprints, release_keys = _keys(table, spec, base_dir, where)
     insecure, level = _level(table, bool(keys or release_keys), checksum_url, pinned, where)
     disk_format = _string(table, "format", where) or "qcow2"
-    if disk_format not in DISK_FORMATS:
-        raise RecipeError(f"{where}: format must be one of {', '.join(DISK_FORMATS)}")
+    if disk_format not in HTTP_FORMATS:
+        raise RecipeError(f"{where}: format must be one of {', '.join(HTTP_FORMATS)}")
     mirror_root = _string(table, "mirror_root", where)
     if spec is not None:
         spec = _check_resolving(table, spec, release_keys, mirror_root, where)
