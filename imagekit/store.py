@@ -9,6 +9,7 @@ to the store and exclusively by gc, so gc never sweeps a blob whose manifest is 
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import json
 import os
@@ -293,7 +294,10 @@ class Store:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         temp = self.new_temp()
         try:
-            temp.write_bytes(data)
+            try:
+                temp.write_bytes(data)
+            except OSError as e:
+                raise _write_error(e, temp) from e
             return self.commit_file(temp, digest, media_type, annotations=annotations)
         finally:
             temp.unlink(missing_ok=True)
@@ -713,9 +717,21 @@ class Store:
         try:
             _write_synced(temp, data)
             os.replace(temp, path)
+        except OSError as e:
+            raise _write_error(e, path) from e
         finally:
             temp.unlink(missing_ok=True)
         _fsync_dir(path.parent)
+
+
+def _write_error(error: OSError, path: Path) -> StoreError:
+    """A typed error for a failed write; the old state is untouched (temp file + rename)."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(
+            f"disk full while writing {path}: free space in {path.parent} (or run `imagekit gc "
+            "--partial`) and run again; the store was not changed"
+        )
+    return StoreError(f"cannot write {path}: {error.strerror or error}")
 
 
 def _check_digest(digest: str) -> str:

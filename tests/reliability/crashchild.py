@@ -1,0 +1,108 @@
+"""A child process that runs one store operation and SIGKILLs itself at a chosen point.
+
+The parent (test_kill.py) starts it as ``python -c "from tests.reliability.crashchild import
+main; main()" JSON``. A kill point is either a byte count (the download dies right after the
+partial file reaches exactly that many bytes) or a function (``module:Attr.path:before|after``),
+so a kill lands deterministically in the download, the commit phase, gc or export. The kill is a
+real ``kill -9`` of the whole process: no finally blocks, no flushing, no lock release.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+import pathlib
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_at_byte(limit: int) -> None:
+    """Die once the partial download holds exactly ``limit`` bytes."""
+    from imagekit.fetch import _Partial
+
+    original = _Partial._write
+
+    def write(self: _Partial, fd: int, data: bytes) -> None:
+        if self.size + len(data) >= limit:
+            original(self, fd, bytes(memoryview(data)[: limit - self.size]))
+            die()
+        original(self, fd, data)
+
+    _Partial._write = write  # type: ignore[method-assign]
+
+
+def kill_at_call(point: str, nth: int = 1) -> None:
+    """Die before or after the ``nth`` call of ``module:Owner.attr`` (``module:func``)."""
+    module_name, dotted, when = point.split(":")
+    owner: Any = importlib.import_module(module_name)
+    *path, name = dotted.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    original: Callable[..., Any] = getattr(owner, name)
+    calls = 0
+
+    @functools.wraps(original)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == nth and when == "before":
+            die()
+        result = original(*args, **kwargs)
+        if calls == nth and when == "after":
+            die()
+        return result
+
+    setattr(owner, name, wrapper)
+
+
+def kill_at_unlink(nth: int) -> None:
+    """Die right after the ``nth`` file removal (gc's sweep)."""
+    original = pathlib.Path.unlink
+    calls = 0
+
+    def unlink(self: pathlib.Path, missing_ok: bool = False) -> None:
+        nonlocal calls
+        original(self, missing_ok=missing_ok)
+        calls += 1
+        if calls == nth:
+            die()
+
+    pathlib.Path.unlink = unlink  # type: ignore[method-assign]
+
+
+def run(spec: dict[str, Any]) -> None:
+    from imagekit.fetch import Downloader
+    from imagekit.image import Image
+    from imagekit.pull import pull
+    from imagekit.recipe import load_recipe
+    from imagekit.store import Store
+
+    if spec.get("byte") is not None:
+        kill_at_byte(int(spec["byte"]))
+    if spec.get("call"):
+        kill_at_call(spec["call"], int(spec.get("nth", 1)))
+    if spec.get("unlink"):
+        kill_at_unlink(int(spec["unlink"]))
+    store = Store(pathlib.Path(spec["store"]))
+    op = spec["op"]
+    if op == "pull":
+        downloader = Downloader(store.tmp_dir, backoff=0.01, chunk_size=256 << 10)
+        pull(store, load_recipe(spec["recipe"]), downloader=downloader)
+    elif op == "gc":
+        store.gc(remove_partial=bool(spec.get("partial")))
+    elif op == "export":
+        Image.load(store, spec["ref"]).export(pathlib.Path(spec["dest"]))
+    else:
+        raise SystemExit(f"unknown op {op!r}")
+
+
+def main() -> None:
+    run(json.loads(sys.argv[1]))

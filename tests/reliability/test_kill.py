@@ -1,0 +1,208 @@
+"""kill -9 at many points of pull, gc and export: the store stays consistent and pulls resume.
+
+Kill points are seeded (``IMAGEKIT_RELIABILITY_SEED``, printed in the summary and in every
+failure message): byte offsets across the download, each run resuming where the last one died;
+every step of the commit phase; random wall-clock delays across a whole throttled pull; gc in
+the middle of its sweep; export before its rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import imagekit
+from imagekit.store import Store
+from tests.conftest import REPO, Upstream, make_qcow2
+from tests.httpserver import LoopbackServer
+from tests.reliability import figures
+from tests.reliability.storecheck import assert_consistent, partial_size
+
+FILENAME = "Kill-Cloud-1.qcow2"
+IMAGE_PATH = f"/pub/{FILENAME}"
+SEED = int(os.environ.get("IMAGEKIT_RELIABILITY_SEED") or random.SystemRandom().randrange(1 << 32))
+BYTE_KILLS = 14
+DELAY_KILLS = 6
+CHILD = "from tests.reliability.crashchild import main; main()"
+# Every step between "the bytes are complete" and "the ref is written", in pull's order.
+COMMIT_POINTS = [
+    "imagekit.fetch:_Partial.sync:after",
+    "imagekit.diskformat:ensure_safe:before",
+    "imagekit.qemu_img:info:after",
+    "imagekit.store:_seal:after",
+    "imagekit.store:Store.commit_file:after",
+    "imagekit.store:Store.add_bytes:after",
+    "imagekit.store:Store.write_manifest:before",
+    "imagekit.store:Store.write_manifest:after",
+    "imagekit.store:_write_synced:after",
+    "imagekit.store:Store.tag:after",
+]
+
+
+@pytest.fixture(scope="module")
+def big_image(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return make_qcow2(tmp_path_factory.mktemp("kill") / "big.qcow2", size=8 << 20, seed=31)
+
+
+@pytest.fixture(autouse=True)
+def report_seed() -> Iterator[None]:
+    figures.note("kill seed", f"{SEED} (rerun with IMAGEKIT_RELIABILITY_SEED={SEED})")
+    yield
+
+
+def start_child(spec: dict[str, Any]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps(spec)], cwd=REPO, stderr=subprocess.PIPE
+    )
+
+
+def run_killed(spec: dict[str, Any]) -> None:
+    """Run a child that must die by its own SIGKILL at the kill point."""
+    child = start_child(spec)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGKILL, (
+        f"seed {SEED}: child {spec} exited {child.returncode} instead of being killed: "
+        + err.decode(errors="replace")[-2000:]
+    )
+    figures.add("kills survived")
+
+
+def image_gets(server: LoopbackServer) -> list[str | None]:
+    return [e.range for e in server.log(IMAGE_PATH) if e.method == "GET"]
+
+
+def assert_resumed_from(server: LoopbackServer, kept: int, context: str) -> None:
+    """The run's first image request asks for exactly what the partial lacks (or nothing)."""
+    gets = image_gets(server)
+    if gets:
+        expected = f"bytes={kept}-" if kept else None
+        assert gets[0] == expected, f"seed {SEED}, {context}: kept {kept} bytes, asked {gets[0]}"
+
+
+def finish(store: Store, server: LoopbackServer, recipe: Path, data: bytes, context: str) -> None:
+    """The next, unkilled run completes from what the killed one left and yields the image."""
+    kept = partial_size(store)
+    server.clear_log()
+    image = store.pull(imagekit.load_recipe(recipe))
+    assert_resumed_from(server, kept, context)
+    assert image.path.read_bytes() == data
+    assert_consistent(store)
+
+
+def test_kill_at_byte_offsets_resumes_each_time(
+    store: Store, upstream: Upstream, big_image: bytes
+) -> None:
+    upstream.publish(FILENAME, big_image)
+    recipe = upstream.recipe(FILENAME)
+    offsets = sorted(random.Random(SEED).sample(range(1, len(big_image)), BYTE_KILLS))
+    spec = {"op": "pull", "store": str(store.root), "recipe": str(recipe)}
+    for offset in offsets:
+        kept = partial_size(store)
+        upstream.server.clear_log()
+        run_killed({**spec, "byte": offset})
+        assert partial_size(store) == offset, f"seed {SEED}: kill at byte {offset}"
+        assert_resumed_from(upstream.server, kept, f"kill at byte {offset}")
+        assert_consistent(store)
+        assert store.refs() == []
+    finish(store, upstream.server, recipe, big_image, "after the byte kills")
+    figures.add("kill points: download byte offsets", len(offsets))
+
+
+@pytest.mark.parametrize("point", COMMIT_POINTS)
+def test_kill_in_the_commit_phase(
+    tmp_path: Path, upstream: Upstream, big_image: bytes, point: str
+) -> None:
+    store = Store(tmp_path / "store")
+    upstream.publish(FILENAME, big_image)
+    recipe = upstream.recipe(FILENAME)
+    run_killed({"op": "pull", "store": str(store.root), "recipe": str(recipe), "call": point})
+    assert_consistent(store)
+    before = upstream.server.sent(IMAGE_PATH)
+    finish(store, upstream.server, recipe, big_image, f"kill at {point}")
+    # Bytes that were complete when the process died are never fetched again.
+    assert before + upstream.server.sent(IMAGE_PATH) == len(big_image)
+    figures.add("kill points: commit phase")
+
+
+def test_kill_after_random_delays(store: Store, upstream: Upstream, big_image: bytes) -> None:
+    upstream.publish(FILENAME, big_image)
+    upstream.server.throttle(IMAGE_PATH, 3 << 20)  # ~3 s of download for the whole file
+    recipe = upstream.recipe(FILENAME)
+    rng = random.Random(SEED + 1)
+    spec = {"op": "pull", "store": str(store.root), "recipe": str(recipe)}
+    delays = []
+    for _ in range(DELAY_KILLS):
+        kept = partial_size(store)
+        upstream.server.clear_log()
+        delay = rng.uniform(0.1, 1.5)
+        child = start_child(spec)
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=120)
+        if child.returncode != -signal.SIGKILL:
+            break  # it finished before the kill: nothing left to interrupt
+        delays.append(round(delay, 2))
+        figures.add("kills survived")
+        assert_resumed_from(upstream.server, kept, f"kill after {delay:.2f} s")
+        assert_consistent(store)
+    upstream.server.throttle(IMAGE_PATH, None)
+    finish(store, upstream.server, recipe, big_image, "after the delayed kills")
+    figures.add("kill points: random delays", len(delays))
+    figures.note("random kill delays (s)", ", ".join(map(str, delays)))
+
+
+def test_kill_gc_mid_sweep(tmp_path: Path, image_bytes: bytes) -> None:
+    rng = random.Random(SEED + 2)
+    for nth in sorted(rng.sample(range(1, 12), 3)):
+        store = Store(tmp_path / f"store-{nth}")
+        disk = tmp_path / "disk.qcow2"
+        disk.write_bytes(image_bytes)
+        kept = store.import_file(disk, "kept:1")
+        garbage = [
+            store.add_bytes(rng.randbytes(4096), "application/octet-stream") for _ in range(12)
+        ]
+        run_killed({"op": "gc", "store": str(store.root), "unlink": nth})
+        assert_consistent(store)
+        assert store.image("kept:1").path.read_bytes() == image_bytes
+        left = [g.digest for g in garbage if store.has_blob(g.digest)]
+        assert 0 < len(left) < len(garbage), f"seed {SEED}: gc killed after {nth} removals"
+        assert sorted(store.gc().removed_blobs) == sorted(left)
+        assert not any(store.has_blob(g.digest) for g in garbage)
+        assert store.has_blob(kept.disk_digest)
+        assert_consistent(store)
+        figures.add("kill points: gc sweep")
+
+
+@pytest.mark.parametrize(
+    "point", ["imagekit.qemu_img:convert:before", "imagekit.qemu_img:convert:after"]
+)
+def test_kill_export_leaves_old_destination_and_store(
+    store: Store, tmp_path: Path, image_bytes: bytes, point: str
+) -> None:
+    disk = tmp_path / "disk.qcow2"
+    disk.write_bytes(image_bytes)
+    image = store.import_file(disk, "exported:1")
+    dest = tmp_path / "out" / "copy.qcow2"
+    dest.parent.mkdir()
+    dest.write_bytes(b"the previous export")
+    spec = {"op": "export", "store": str(store.root), "ref": "exported:1", "dest": str(dest)}
+    run_killed({**spec, "call": point})
+    assert dest.read_bytes() == b"the previous export"
+    assert_consistent(store)
+    image.export(dest)
+    done = subprocess.run(
+        ["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(image.path), str(dest)],
+        capture_output=True,
+    )
+    assert done.returncode == 0, done.stdout
+    figures.add("kill points: export")
