@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import json
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -31,7 +33,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from imagekit.checksums import ChecksumEntry, parse_checksum_file
-from imagekit.errors import ChecksumError, FetchError, RecipeError
+from imagekit.errors import ChecksumError, FetchError, RecipeError, StoreError
 from imagekit.fetch import Downloader
 from imagekit.recipe import HttpSource, Recipe, ResolveSpec, fill_pattern, version_key
 from imagekit.store import canonical_json
@@ -105,7 +107,7 @@ class UpstreamCache:
     def sha256_for(self, digests: Mapping[str, str]) -> str | None:
         """The sha256 of bytes stored before under another digest (Debian lists only sha512)."""
         for algorithm, digest in digests.items():
-            known = self._open().get(("digest", algorithm, digest))
+            known = self._read(("digest", algorithm, digest))
             if isinstance(known, str):
                 return known
         return None
@@ -114,7 +116,7 @@ class UpstreamCache:
         """Record that bytes hashed to all of ``digests`` (computed here, so trustworthy)."""
         for algorithm, digest in digests.items():
             if algorithm != "sha256":
-                self._open().set(("digest", algorithm, digest), digests["sha256"])
+                self._write(("digest", algorithm, digest), digests["sha256"])
 
     def _get(self, url: str) -> bytes:
         entry = self._entry(url)
@@ -127,16 +129,28 @@ class UpstreamCache:
         if entry is not None and not self.refresh and time.time() - entry.checked < self.ttl:
             return entry.body
         fresh = self._fetch(url, entry)
-        self._open().set(("url", url), fresh.__dict__)
+        self._write(("url", url), fresh.__dict__)
         return fresh.body
 
     def _entry(self, url: str) -> _Entry | None:
         """The cached copy of ``url``; one written by another imagekit version counts as none."""
-        raw = self._open().get(("url", url))
+        raw = self._read(("url", url))
         try:
             return _Entry(**raw) if isinstance(raw, dict) else None
         except TypeError:
             return None
+
+    def _read(self, key: tuple[str, ...]) -> Any:
+        try:
+            return self._open().get(key)
+        except (sqlite3.Error, OSError) as e:
+            raise _cache_error(e, self.directory) from e
+
+    def _write(self, key: tuple[str, ...], value: Any) -> None:
+        try:
+            self._open().set(key, value)
+        except (sqlite3.Error, OSError) as e:
+            raise _cache_error(e, self.directory) from e
 
     def _open(self) -> Any:
         if self._db is None:
@@ -540,3 +554,14 @@ def _debian_digest(text: str, url: str) -> dict[str, str]:
     if algorithm not in ("sha256", "sha512") or len(raw) != hashlib.new(algorithm).digest_size:
         raise ChecksumError(f"{url}: malformed digest {text!r} in the image metadata")
     return {algorithm: raw.hex()}
+
+
+def _cache_error(error: Exception, directory: Path) -> StoreError:
+    """diskcache speaks sqlite; say what it means for the user (a full disk, mostly)."""
+    text = str(error)
+    if "full" in text or getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(
+            f"disk full while caching upstream metadata in {directory}: free space (or run "
+            "`imagekit gc --partial`) and run again; nothing was stored"
+        )
+    return StoreError(f"the metadata cache in {directory} failed: {text}; delete it to reset it")

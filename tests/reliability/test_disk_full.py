@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,11 +129,6 @@ def test_store_writes_on_a_full_disk_are_typed_errors_and_change_nothing(
     figures.add("disk-full cases ending in a clear error and a usable store")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=sqlite3.OperationalError,
-    reason="resolve.UpstreamCache lets diskcache's sqlite3.OperationalError out on a full disk",
-)
 def test_pull_on_a_full_disk_is_a_typed_error(
     small_disk: Path, upstream: Upstream, image_bytes: bytes
 ) -> None:
