@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import platform
 import re
@@ -74,7 +75,11 @@ def accel() -> str:
 
 @functools.cache
 def kvm_probe() -> tuple[bool, str]:
-    """Whether KVM can boot a Linux kernel here, and why not; probed once per process."""
+    """Whether KVM can boot a Linux kernel here, and why not.
+
+    The test boot costs up to PROBE_SECONDS, so its verdict is kept on disk for this boot of
+    the host, this qemu and this kernel: every later imagekit process reads it instead.
+    """
     try:
         os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
     except OSError as e:
@@ -83,6 +88,44 @@ def kvm_probe() -> tuple[bool, str]:
     kernel = _probe_kernel()
     if platform.machine() != "x86_64" or qemu is None or kernel is None:
         return True, "KVM not probed (no x86_64 qemu or no readable kernel)"
+    identity = _probe_identity(Path(qemu), kernel)
+    cache = _probe_cache_file()
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("identity") == identity:
+            return bool(cached["usable"]), f"{cached['why']} (probed earlier this boot)"
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    usable, why = _test_boot(qemu, kernel)
+    with contextlib.suppress(OSError):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        temp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        temp.write_text(json.dumps({"identity": identity, "usable": usable, "why": why}))
+        os.replace(temp, cache)
+    return usable, why
+
+
+def _probe_identity(qemu: Path, kernel: Path) -> str:
+    """What the verdict depends on: this boot of the host, the qemu binary and the kernel."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "unknown"
+    parts = [boot, os.uname().release]
+    for path in (qemu, kernel):
+        info = path.stat()
+        parts.append(f"{path}:{info.st_size}:{info.st_mtime_ns}")
+    return "|".join(parts)
+
+
+def _probe_cache_file() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/cache/imagekit/kvm-probe.json")
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "imagekit" / "kvm-probe.json"
+
+
+def _test_boot(qemu: str, kernel: Path) -> tuple[bool, str]:
     # A kernel with no root device panics within a second on working KVM; panic=-1 reboots
     # at once and -no-reboot turns that into a clean exit. Broken KVM aborts or hangs.
     command = [qemu, "-accel", "kvm", "-M", "pc", "-cpu", "max", "-m", "128", "-nodefaults"]
