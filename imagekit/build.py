@@ -196,12 +196,15 @@ def _base(
         name = f"kickstart install from {source.installer_recipe or source.kickstart.name}"
         return image, [LayerReport(name, image.disk_digest, cached, _since(started))]
     key = _key({"scratch": _scratch_identity(source), "code": SCRATCH_CODE_VERSION})
-    hit = cache.get(key) if use_cache else None
-    if hit is not None:
-        image = Image.from_descriptor(store, hit, cached=True)
-    else:
-        image = _make_scratch(store, recipe, source, progress)
-        cache.put(key, Descriptor(image.manifest["mediaType"], image.digest, 0))
+    # Scratch disks are not bit-identical (ext4 UUIDs, timestamps): the key lock makes a
+    # concurrent identical build wait for the first one's disk and reuse it.
+    with store.digest_lock(f"build-{key}"):
+        hit = cache.get(key) if use_cache else None
+        if hit is not None:
+            image = Image.from_descriptor(store, hit, cached=True)
+        else:
+            image = _make_scratch(store, recipe, source, progress)
+            cache.put(key, Descriptor(image.manifest["mediaType"], image.digest, 0))
     name = f"scratch {source.filesystem} from {source.content.name}"
     return image, [LayerReport(name, image.disk_digest, hit is not None, _since(started))]
 
@@ -279,18 +282,21 @@ def _apply_steps(
         key = _key(
             {"parent": parent.digest, "step": canonical, "code": customize.STEP_CODE_VERSION}
         )
-        hit = cache.get(key) if use_cache else None
         record: dict[str, Any] = {"key": key, "step": customize.manifest_step(step)}
-        if hit is not None:
-            layer = hit
-            record.update(_cached_record(cache, key))
-        else:
-            progress(ProgressEvent("customize", f"step {number}/{len(steps)}"))
-            layer, outcome = _run_step(store, [*base.disks, *layers], step, base_dir, progress)
-            passwords.update(outcome.pop("generated_passwords"))
-            record.update(outcome)
-            cache.put(key, layer)
-            _save_record(cache, key, outcome)
+        # Layers are not bit-identical either: a concurrent builder of the same key waits here,
+        # then finds the first one's layer in the cache (one layer per step, both refs).
+        with store.digest_lock(f"build-{key}"):
+            hit = cache.get(key) if use_cache else None
+            if hit is not None:
+                layer = hit
+                record.update(_cached_record(cache, key))
+            else:
+                progress(ProgressEvent("customize", f"step {number}/{len(steps)}"))
+                layer, outcome = _run_step(store, [*base.disks, *layers], step, base_dir, progress)
+                passwords.update(outcome.pop("generated_passwords"))
+                record.update(outcome)
+                cache.put(key, layer)
+                _save_record(cache, key, outcome)
         layers.append(layer)
         record["digest"] = layer.digest
         records.append(record)

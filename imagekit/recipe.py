@@ -445,10 +445,10 @@ def _kickstart_source(
     if recipe_name and sha256:
         raise RecipeError(f"{at}: sha256 pins a local path; an installer recipe pins its own")
     installer_path = base_dir / local if local else None
-    if installer_path is not None and not installer_path.is_file():
+    if installer_path is not None and not _is_file(installer_path):
         raise RecipeError(f"{at}: ISO {str(installer_path)!r} does not exist")
     kickstart = base_dir / _string(table, "kickstart", where, required=True)
-    if not kickstart.is_file():
+    if not _is_file(kickstart):
         raise RecipeError(f"{where}: kickstart {str(kickstart)!r} does not exist")
     disk = table.get("disk", {})
     if not isinstance(disk, dict):
@@ -507,7 +507,7 @@ def _scratch_source(table: Mapping[str, Any], base_dir: Path, where: str) -> Scr
         where,
     )
     content = base_dir / _string(table, "content", where, required=True)
-    if not content.exists():
+    if not _exists(content):
         raise RecipeError(f"{where}: content {str(content)!r} does not exist")
     partition_table = _string(table, "partition_table", where) or "gpt"
     if partition_table not in ("gpt", "mbr"):
@@ -633,8 +633,23 @@ def _keys(
     return (), (), pins
 
 
+def _is_file(path: Path) -> bool:
+    """Path.is_file(), but a name the OS refuses (ENAMETOOLONG, EACCES) is simply not there."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def _key_file(path: Path, where: str) -> Path:
-    if not path.is_file():
+    if not _is_file(path):
         raise RecipeError(f"{where}: key file {str(path)!r} does not exist")
     return path
 
@@ -768,7 +783,7 @@ def _check_resolving(
             raise RecipeError(f"{where}: regex {pattern!r} may only use {_listed(before)}")
         try:
             compiled = fill_pattern(pattern, dict.fromkeys(fields, "x"))
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:  # {99999999999}, deep nesting
             raise RecipeError(f"{where}: invalid regex {pattern!r}: {exc}") from exc
         if pattern == spec.compose and "compose" not in compiled.groupindex:
             raise RecipeError(f"{where}: compose regex {pattern!r} needs a (?P<compose>...) group")
@@ -842,13 +857,14 @@ def _string_table(value: Any, where: str) -> dict[str, str]:
 
 def _expand(template: str, values: Mapping[str, str], where: str) -> str:
     """Expand ``{name} {version} {arch}``; anything else in braces is a mistake worth reporting."""
-    for _, field_name, _, _ in string.Formatter().parse(template):
-        if field_name is not None and field_name not in values:
-            raise RecipeError(
-                f"{where}: unknown placeholder {{{field_name}}} in {template!r}; "
-                f"known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}"
-            )
     try:
+        # parse() is lazy: a lone "}" raises ValueError while iterating, so inside the try.
+        for _, field_name, _, _ in string.Formatter().parse(template):
+            if field_name is not None and field_name not in values:
+                raise RecipeError(
+                    f"{where}: unknown placeholder {{{field_name}}} in {template!r}; "
+                    f"known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}"
+                )
         return template.format_map(values)
     except (ValueError, IndexError) as exc:
         raise RecipeError(f"{where}: malformed placeholder in {template!r}: {exc}") from exc
