@@ -429,16 +429,17 @@ def recipes(as_json: JsonOption = False) -> None:
     if as_json:
         _emit_json(rows)
         return
+    width = max((len(row["name"]) for row in rows), default=0)
     for row in rows:
         if "error" in row:
-            typer.echo(f"{row['name']:<16} error: {row['error']}")
+            typer.echo(f"{row['name']:<{width}} error: {row['error']}")
             continue
         listed = row["versions"]
         if len(listed) > 3 and all(v.isdigit() for v in listed):  # one key per release: 40-47
             listed = [f"{listed[0]}-{listed[-1]}"]
         versions = " ".join([*listed, *(["latest"] if row["resolver"] else [])])
         typer.echo(
-            f"{row['name']:<16} {row['level'] or '-':<18} {versions:<26} {row['description']}"
+            f"{row['name']:<{width}} {row['level'] or '-':<18} {versions:<19} {row['description']}"
         )
 
 

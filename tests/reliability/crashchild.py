@@ -3,7 +3,8 @@
 The parent (test_kill.py) starts it as ``python -c "from tests.reliability.crashchild import
 main; main()" JSON``. A kill point is either a byte count (the download dies right after the
 partial file reaches exactly that many bytes) or a function (``module:Attr.path:before|after``),
-so a kill lands deterministically in the download, the commit phase, gc or export. The kill is a
+so a kill lands deterministically in the download, the commit phase, gc, export or a build
+(test_build_kills.py). The kill is a
 real ``kill -9`` of the whole process: no finally blocks, no flushing, no lock release.
 """
 
@@ -100,6 +101,10 @@ def run(spec: dict[str, Any]) -> None:
         store.gc(remove_partial=bool(spec.get("partial")))
     elif op == "export":
         Image.load(store, spec["ref"]).export(pathlib.Path(spec["dest"]))
+    elif op == "build":
+        from imagekit.build import build
+
+        build(store, load_recipe(spec["recipe"]), tag=spec.get("tag"))
     else:
         raise SystemExit(f"unknown op {op!r}")
 
