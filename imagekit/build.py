@@ -295,8 +295,10 @@ def _apply_steps(
                 layer, outcome = _run_step(store, [*base.disks, *layers], step, base_dir, progress)
                 passwords.update(outcome.pop("generated_passwords"))
                 record.update(outcome)
-                cache.put(key, layer)
+                # Record first: the cache entry is what makes the key a hit, so a kill between
+                # the two must not leave a hit whose inspection and messages are lost.
                 _save_record(cache, key, outcome)
+                cache.put(key, layer)
         layers.append(layer)
         record["digest"] = layer.digest
         records.append(record)
@@ -448,6 +450,7 @@ def _cached_record(cache: BuildCache, key: str) -> dict[str, Any]:
 
 def _save_record(cache: BuildCache, key: str, outcome: Mapping[str, Any]) -> None:
     """What a step printed and found, so a cached layer's manifest says the same."""
+    cache.directory.mkdir(parents=True, exist_ok=True)
     temp = cache.directory / f".{key}.record.{os.getpid()}"
     temp.write_bytes(canonical_json(dict(outcome)))
     os.replace(temp, cache.directory / f"{key}.record")

@@ -623,13 +623,15 @@ class Store:
     def _sweep_tmp(self, remove_partial: bool, dry_run: bool) -> tuple[list[str], int]:
         removed, freed = [], 0
         for path in sorted(self.tmp_dir.iterdir()):
-            if path.name.endswith((".part", ".part.json")):
-                if not remove_partial:
+            # A process's own temps (new-<pid>-*, including a scratch disk still filling as
+            # new-<pid>-*.qcow2.part) go when it is dead; resumable downloads (<hash>.part) are
+            # not tied to a pid and go only with ``remove_partial``.
+            m = _TEMP_RE.fullmatch(path.name)
+            if m is not None:
+                if _pid_alive(int(m[1])):
                     continue
-            else:
-                m = _TEMP_RE.fullmatch(path.name)
-                if m is None or _pid_alive(int(m[1])):
-                    continue
+            elif not (remove_partial and path.name.endswith((".part", ".part.json"))):
+                continue
             removed.append(path.name)
             freed += _disk_usage(path)
             if not dry_run:
