@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -40,8 +38,10 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+from common import log, met, stats, terminate
+from common import machine as common_machine
 
 REPO = Path(__file__).resolve().parent.parent
 COLD_TARGET = 1.0  # imagekit cold / (cp + virt-customize), at most
@@ -96,10 +96,6 @@ def virt_customize_args() -> list[str]:
 
 
 # --- running things --------------------------------------------------------------------------
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -406,7 +402,7 @@ class Bench:
         head = 'version = "1"\n' + SOURCE
         self.base_recipe.write_text('name = "bench-base"\n' + head)
         self.step_recipe.write_text('name = "bench"\n' + head + "\n" + step_table())
-        _log("setup: building the scratch base into a template store (one launch, untimed)")
+        log("setup: building the scratch base into a template store (one launch, untimed)")
         done = run(
             [*self.cli, "build", str(self.base_recipe), "--store", str(self.template), "--json"],
             self.env,
@@ -479,15 +475,6 @@ class Bench:
         return imagekit_stages(marks, done.seconds)
 
 
-def _stats(samples: list[float]) -> dict[str, Any]:
-    return {
-        "median_s": statistics.median(samples),
-        "min_s": min(samples),
-        "max_s": max(samples),
-        "runs_s": samples,
-    }
-
-
 def _loadavg() -> float | None:
     with contextlib.suppress(OSError):
         return float(Path("/proc/loadavg").read_text().split()[0])
@@ -495,23 +482,8 @@ def _loadavg() -> float | None:
 
 
 def machine() -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        version = importlib.metadata.version("imagekit")
-    except importlib.metadata.PackageNotFoundError:
-        version = "?"
     return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "platform": platform.platform(),
-        "imagekit": version,
+        **common_machine(),
         "virt_customize": _version("virt-customize", "--version"),
         "qemu_img": _version("qemu-img", "--version"),
         "load_start": _loadavg(),
@@ -524,12 +496,12 @@ def benchmark(
     facts = machine()
     bench = Bench(work, timeout, accel)
     base = bench.setup()
-    _log(f"setup done in {base['setup_build_s']:.1f} s; appliance: {base['accel_reason']}")
+    log(f"setup done in {base['setup_build_s']:.1f} s; appliance: {base['accel_reason']}")
 
     tools = ["imagekit", "virt-customize", *(["vc-smp2"] if reference else [])]
     samples: dict[str, list[dict[str, Any]]] = {tool: [] for tool in tools}
     sizes: list[dict[str, int]] = []
-    _log(f"cold: one 10-operation step, interleaved: {', '.join(tools)} ({runs} each)")
+    log(f"cold: one 10-operation step, interleaved: {', '.join(tools)} ({runs} each)")
     for i in range(runs):
         shift = i % len(tools)  # rotate the order so no tool always goes first
         for tool in tools[shift:] + tools[:shift]:
@@ -551,26 +523,26 @@ def benchmark(
                 "copy_allocated": allocated(vc["disk"]),
             }
         )
-        _log(
+        log(
             f"  run {i + 1}/{runs}: "
             + ", ".join(f"{tool} {samples[tool][-1]['seconds']:.1f} s" for tool in tools)
         )
 
     last_store = samples["imagekit"][-1]["layer"].parents[2]
-    _log(f"warm: the same build on a store holding every layer ({runs})")
+    log(f"warm: the same build on a store holding every layer ({runs})")
     warm_s = []
     for i in range(runs):
         warm_s.append(bench.imagekit_build(last_store, cold=False)["seconds"])
-        _log(f"  warm {i + 1}/{runs}: {warm_s[-1]:.3f} s")
+        log(f"  warm {i + 1}/{runs}: {warm_s[-1]:.3f} s")
 
     stages: dict[str, Any] = {}
     vc_last = samples["virt-customize"][-1]
     stages["virt_customize"] = virt_customize_stages(vc_last["stdout"], vc_last["virt_customize_s"])
     if breakdown:
-        _log("where the time goes: one more cold imagekit build, instrumented (one launch)")
+        log("where the time goes: one more cold imagekit build, instrumented (one launch)")
         stages["imagekit"] = bench.profile()
 
-    _log("checking the results: both disks read back in one read-only launch")
+    log("checking the results: both disks read back in one read-only launch")
     check = compare_results(vc_last["disk"], samples["imagekit"][-1]["layer"])
     facts["load_end"] = _loadavg()
 
@@ -588,20 +560,20 @@ def benchmark(
         "base": base,
         "operations": [f"{name}={value}" for name, value in OPERATIONS],
         "cold": {
-            "imagekit": _stats(ik_s),
-            "imagekit_step_s": _stats([s["step_s"] for s in samples["imagekit"]]),
-            "virt_customize": _stats(vc_s),
-            "virt_customize_only": _stats(
+            "imagekit": stats(ik_s),
+            "imagekit_step_s": stats([s["step_s"] for s in samples["imagekit"]]),
+            "virt_customize": stats(vc_s),
+            "virt_customize_only": stats(
                 [s["virt_customize_s"] for s in samples["virt-customize"]]
             ),
-            "copy": _stats([s["copy_s"] for s in samples["virt-customize"]]),
+            "copy": stats([s["copy_s"] for s in samples["virt-customize"]]),
             "ratio": ratio,
             "paired_ratio_median": paired,
             "target_ratio": COLD_TARGET,
             "met": ratio <= COLD_TARGET,
         },
         "reference": None,
-        "warm": {**_stats(warm_s), "target_s": WARM_TARGET, "met": warm_median < WARM_TARGET},
+        "warm": {**stats(warm_s), "target_s": WARM_TARGET, "met": warm_median < WARM_TARGET},
         "bytes": {
             **size,
             "runs": sizes,
@@ -616,17 +588,13 @@ def benchmark(
     if reference:
         ref = [s["seconds"] for s in samples["vc-smp2"]]
         result["reference"] = {
-            "virt_customize_smp2": _stats(ref),
+            "virt_customize_smp2": stats(ref),
             "ratio": statistics.median(ik_s) / statistics.median(ref),
         }
     return result
 
 
 # --- the report ------------------------------------------------------------------------------
-
-
-def _met(ok: bool) -> str:
-    return "met" if ok else "MISSED"
 
 
 def _spread(s: dict[str, Any], digits: int = 1) -> str:
@@ -681,7 +649,7 @@ def report(r: dict[str, Any]) -> str:
         f"   virt-customize  {_spread(vc)}; cp alone median {cp['median_s']:.3f} s",
         f"   ratio imagekit/virt-customize  {cold['ratio']:.2f}x  (median of paired ratios "
         f"{cold['paired_ratio_median']:.2f}x)  target <= {cold['target_ratio']}x: "
-        f"{_met(cold['met'])}",
+        f"{met(cold['met'])}",
     ]
     ref = r["reference"]
     if ref is not None:
@@ -693,7 +661,7 @@ def report(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"2. warm rebuild (every layer cached, no launch), whole process  {_spread(warm, 3)}  "
-        f"target < {warm['target_s']} s: {_met(warm['met'])}",
+        f"target < {warm['target_s']} s: {met(warm['met'])}",
         "",
         "3. disk bytes for the step (medians over the cold runs)",
         f"   imagekit step layer blob      {b['layer_bytes']:>12,} bytes "
@@ -711,7 +679,7 @@ def report(r: dict[str, Any]) -> str:
         f"{b['ratio_layer_to_changed']:.2f}x" if b["ratio_layer_to_changed"] is not None else "n/a"
     )
     lines += [
-        f"   layer/changed {ratio_text}  target < {b['target_ratio']}x: {_met(b['met'])};  "
+        f"   layer/changed {ratio_text}  target < {b['target_ratio']}x: {met(b['met'])};  "
         f"layer/full copy (allocated) {b['ratio_layer_to_copy']:.2f}x",
         "",
         "4. where the time goes (one run each)",
@@ -740,10 +708,6 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_jsonable(v) for v in obj]
     return str(obj) if isinstance(obj, Path) else obj
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that clean up
 
 
 @contextlib.contextmanager
@@ -797,7 +761,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not Path("/bin/busybox").exists():
         parser.error("/bin/busybox is needed for the guest tree (tests/guestimage.py)")
 
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, terminate)
     with workdir(args.work_dir) as work:
         results = benchmark(
             work, args.runs, args.timeout, args.accel, not args.no_reference, not args.no_breakdown

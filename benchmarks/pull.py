@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import functools
 import hashlib
 import http.server
@@ -30,7 +29,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -41,8 +39,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+from common import log, machine, met, stats, terminate
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = "Bench-Cloud-Base-Generic-1-1.0.x86_64.qcow2"
@@ -264,69 +263,35 @@ class Runner:
 # --- the benchmark ---------------------------------------------------------------------------
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def _settle() -> None:
     """Write back what earlier runs left dirty, so no run pays for its predecessor's I/O."""
     os.sync()
-
-
-def _stats(samples: list[float]) -> dict[str, Any]:
-    return {
-        "median_s": statistics.median(samples),
-        "min_s": min(samples),
-        "max_s": max(samples),
-        "runs_s": samples,
-    }
 
 
 def _timed_runs(label: str, runs: int, once: Callable[[], float]) -> list[float]:
     samples = []
     for i in range(runs):
         samples.append(once())
-        _log(f"  {label} {i + 1}/{runs}: {samples[-1]:.3f} s")
+        log(f"  {label} {i + 1}/{runs}: {samples[-1]:.3f} s")
     return samples
-
-
-def machine() -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        version = importlib.metadata.version("imagekit")
-    except importlib.metadata.PackageNotFoundError:
-        version = "?"
-    return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "platform": platform.platform(),
-        "imagekit": version,
-    }
 
 
 def benchmark(
     work: Path, runs: int, size_mb: int, timeout: float, reference: bool
 ) -> dict[str, Any]:
-    _log(f"making a qcow2 of {size_mb} MiB of random data, a signed CHECKSUM and a recipe")
+    log(f"making a qcow2 of {size_mb} MiB of random data, a signed CHECKSUM and a recipe")
     published = publish(work, size_mb)
     with mirror(published.image.parent) as base:
         write_recipe(published, base)
         runner = Runner(work, published, base + IMAGE, timeout)
 
-        _log("warm-up: one cold pull (it also fills the store the warm pulls use), one curl")
+        log("warm-up: one cold pull (it also fills the store the warm pulls use), one curl")
         warm_store = work / "warm-store"
         runner.pull(warm_store, cached=False)
         runner.curl()
 
         tools = ["imagekit", "curl", "openssl"] if reference else ["imagekit", "curl"]
-        _log(f"cold pulls into fresh stores, interleaved with {', '.join(tools[1:])} ({runs} each)")
+        log(f"cold pulls into fresh stores, interleaved with {', '.join(tools[1:])} ({runs} each)")
         samples: dict[str, list[float]] = {tool: [] for tool in tools}
         for i in range(runs):
             store = work / f"cold-{i}"
@@ -340,17 +305,17 @@ def benchmark(
                 else:
                     samples[tool].append(runner.curl(OPENSSL))
             shutil.rmtree(store)
-            _log(
+            log(
                 f"  run {i + 1}/{runs}: "
                 + ", ".join(f"{tool} {samples[tool][-1]:.3f} s" for tool in tools)
             )
         _settle()
         imagekit_s, curl_s = samples["imagekit"], samples["curl"]
 
-        _log(f"warm pulls (cache hits) ({runs})")
+        log(f"warm pulls (cache hits) ({runs})")
         warm_s = _timed_runs("warm", runs, lambda: runner.pull(warm_store, cached=True))
 
-    _log(f"CLI start: python -m imagekit --help ({runs}, after one warm-up)")
+    log(f"CLI start: python -m imagekit --help ({runs}, after one warm-up)")
     runner.help()
     help_s = _timed_runs("--help", runs, runner.help)
 
@@ -364,8 +329,8 @@ def benchmark(
         "image": {"file": IMAGE, "bytes": published.size, "data_mib": size_mb},
         "runs": runs,
         "cold": {
-            "imagekit": _stats(imagekit_s),
-            "curl_sha256sum": _stats(curl_s),
+            "imagekit": stats(imagekit_s),
+            "curl_sha256sum": stats(curl_s),
             "imagekit_mb_per_s": published.size / cold_median / 1e6,
             "curl_mb_per_s": published.size / curl_median / 1e6,
             "ratio": ratio,
@@ -374,8 +339,8 @@ def benchmark(
             "met": ratio <= COLD_TARGET,
         },
         "reference": _reference(published.size, cold_median, samples.get("openssl")),
-        "warm": {**_stats(warm_s), "target_s": WARM_TARGET, "met": warm_median < WARM_TARGET},
-        "help": _stats(help_s),
+        "warm": {**stats(warm_s), "target_s": WARM_TARGET, "met": warm_median < WARM_TARGET},
+        "help": stats(help_s),
     }
 
 
@@ -385,14 +350,10 @@ def _reference(size: int, imagekit_median: float, samples: list[float] | None) -
         return None
     median = statistics.median(samples)
     return {
-        "curl_openssl": _stats(samples),
+        "curl_openssl": stats(samples),
         "curl_openssl_mb_per_s": size / median / 1e6,
         "ratio": imagekit_median / median,
     }
-
-
-def _met(ok: bool) -> str:
-    return "met" if ok else "MISSED"
 
 
 def report(r: dict[str, Any]) -> str:
@@ -419,7 +380,7 @@ def report(r: dict[str, Any]) -> str:
         f"max {curl['max_s']:.3f})  {cold['curl_mb_per_s']:.0f} MB/s",
         f"   ratio imagekit/curl  {cold['ratio']:.2f}x  (median of paired ratios "
         f"{cold['paired_ratio_median']:.2f}x)  target <= {cold['target_ratio']}x: "
-        f"{_met(cold['met'])}",
+        f"{met(cold['met'])}",
     ]
     ref = r["reference"]
     if ref is not None:
@@ -434,16 +395,12 @@ def report(r: dict[str, Any]) -> str:
         "",
         f"2. warm pull (cache hit, no network)  median {warm['median_s']:.3f} s  "
         f"(min {warm['min_s']:.3f}, max {warm['max_s']:.3f})  target < {warm['target_s']} s: "
-        f"{_met(warm['met'])}",
+        f"{met(warm['met'])}",
         "",
         f"3. CLI start (python -m imagekit --help)  median {start['median_s']:.3f} s  "
         f"(min {start['min_s']:.3f}, max {start['max_s']:.3f})",
     ]
     return "\n".join(lines)
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that clean up
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -477,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if shutil.which(tool) is None:
             parser.error(f"{tool} is not installed")
 
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, terminate)
     work = Path(tempfile.mkdtemp(prefix="ikb-", dir=args.work_dir))
     try:
         reference = not args.no_reference and shutil.which("openssl") is not None
