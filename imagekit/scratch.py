@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterable
@@ -11,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagekit import guest
-from imagekit.errors import CustomizeError, RecipeError
+from imagekit import guest, qemu_img
+from imagekit.errors import CustomizeError, ImagekitError, RecipeError
 from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
 
 PARTITION_TABLES = {"gpt": "gpt", "mbr": "msdos"}
@@ -88,14 +87,10 @@ def make_scratch_disk(
     """Create ``dest`` in one appliance launch: partition, mkfs, unpack, fstab if missing."""
     spec.check()
     partial = dest.with_name(dest.name + ".part")
-    created = subprocess.run(
-        ["qemu-img", "create", "-q", "-f", spec.format, str(partial), str(spec.size)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if created.returncode != 0:
-        raise CustomizeError(f"qemu-img cannot create {partial}: {created.stderr.strip()}")
+    try:
+        qemu_img.create(partial, spec.format, spec.size)
+    except ImagekitError as e:
+        raise CustomizeError(f"cannot create the scratch disk: {e}") from e
     try:
         with tempfile.TemporaryDirectory(prefix="imagekit-scratch-") as tmp:
             tarball, compress = Path(tmp) / "content.tar", None
