@@ -83,10 +83,14 @@ class BuildCache:
         return descriptor if self.store.has_blob(descriptor.digest) else None
 
     def put(self, key: str, descriptor: Descriptor) -> None:
+        self.write(key, descriptor.to_json())
+
+    def write(self, name: str, obj: Any) -> None:
+        """Replace ``name`` by rename, so a reader or a kill never sees half an entry."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        temp = self.directory / f".{key}.{os.getpid()}"
-        temp.write_bytes(canonical_json(descriptor.to_json()))
-        os.replace(temp, self.directory / key)
+        temp = self.directory / f".{name}.{os.getpid()}"
+        temp.write_bytes(canonical_json(obj))
+        os.replace(temp, self.directory / name)
 
 
 def build(
@@ -450,10 +454,7 @@ def _cached_record(cache: BuildCache, key: str) -> dict[str, Any]:
 
 def _save_record(cache: BuildCache, key: str, outcome: Mapping[str, Any]) -> None:
     """What a step printed and found, so a cached layer's manifest says the same."""
-    cache.directory.mkdir(parents=True, exist_ok=True)
-    temp = cache.directory / f".{key}.record.{os.getpid()}"
-    temp.write_bytes(canonical_json(dict(outcome)))
-    os.replace(temp, cache.directory / f"{key}.record")
+    cache.write(f"{key}.record", dict(outcome))
 
 
 def _key(identity: Mapping[str, Any]) -> str:
