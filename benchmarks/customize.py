@@ -186,9 +186,12 @@ def profile_build(recipe_path: Path, store_path: Path) -> None:
     import guestfs
 
     import imagekit
-    from imagekit import build, customize, guest, qemu_img
+    from imagekit import config, customize
+    from imagekit.build import layers
+    from imagekit.disk import qemu_img
+    from imagekit.guest import appliance
+    from imagekit.oci.layout import Layout
     from imagekit.progress import ProgressEvent
-    from imagekit.store import Store
 
     mark("imported")
 
@@ -207,11 +210,11 @@ def profile_build(recipe_path: Path, store_path: Path) -> None:
         setattr(owner, name, wrapper)
 
     wrap(qemu_img, "create_overlay", "overlay")
-    wrap(guest, "launch", "launch")
-    wrap(guest, "mount_inspected", "inspect")
+    wrap(appliance, "launch", "launch")
+    wrap(appliance, "mount_inspected", "inspect")
     wrap(customize, "apply_step", "apply")
-    wrap(build, "hash_file", "hash")
-    wrap(Store, "commit_file", "commit")
+    wrap(layers, "file_digest", "hash")
+    wrap(Layout, "commit_file", "commit")
     wrap(guestfs.GuestFS, "inspect_os", "inspect_os")
     ops = {name for name, _ in OPERATIONS}
 
@@ -223,12 +226,12 @@ def profile_build(recipe_path: Path, store_path: Path) -> None:
     recipe = imagekit.load_recipe(recipe_path)
     store = imagekit.open_store(store_path)
     mark("recipe")
-    if os.environ.get(guest.ACCEL_ENV, "auto").strip().lower() == "auto":
+    if config.accel_choice() == "auto":
         mark("probe>")
-        guest.kvm_probe()  # cached for the process: the launch below reuses the answer
+        appliance.kvm_probe()  # cached for the process: the launch below reuses the answer
         mark("probe<")
     mark("build>")
-    result = build.build(store, recipe, progress=progress)
+    result = store.build(recipe, progress=progress)
     mark("build<")
     if result.layers[-1].cached:
         raise RuntimeError("the profiled build found its step cached; it must be cold")
@@ -337,7 +340,7 @@ def _guest_facts(g: Any) -> dict[str, str]:
 
 def compare_results(vc_disk: Path, ik_layer: Path) -> dict[str, Any]:
     """Mount each result read-only in one launch and read back what every operation did."""
-    from imagekit import guest
+    from imagekit.guest import appliance as guest
 
     drives = [guest.Drive(vc_disk, "qcow2", readonly=True)]
     drives.append(guest.Drive(ik_layer, "qcow2", readonly=True))
@@ -389,7 +392,7 @@ class Bench:
     def setup(self) -> dict[str, Any]:
         """Guest tree, recipes, template store holding the base, exported base qcow2."""
         sys.path.insert(0, str(REPO))
-        from imagekit import guest
+        from imagekit.guest import appliance as guest
         from tests.guestimage import build_guest_tree
 
         kvm, why = guest.kvm_probe()

@@ -16,8 +16,8 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 with atheris.instrument_imports(include=["imagekit"]):
-    from imagekit.checksums import parse_checksum_file
     from imagekit.errors import ImagekitError
+    from imagekit.verify.checksums import parse_checksum_file
 
 HEX = {"sha256": re.compile("[0-9a-f]{64}"), "sha512": re.compile("[0-9a-f]{128}")}
 

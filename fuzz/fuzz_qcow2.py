@@ -19,7 +19,7 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 with atheris.instrument_imports(include=["imagekit"]):
-    from imagekit import diskformat
+    from imagekit.disk import header as diskformat
     from imagekit.errors import ImagekitError
 
 # In $TMPDIR; left behind, as libFuzzer exits without running atexit.

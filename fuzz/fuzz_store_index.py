@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 with atheris.instrument_imports(include=["imagekit"]):
     from imagekit.errors import ImagekitError
     from imagekit.image import Image
-    from imagekit.store import MEDIA_DISK_RAW, MEDIA_MANIFEST, Store
+    from imagekit.oci.media import MEDIA_DISK_RAW, MEDIA_MANIFEST
+    from imagekit.store import Store
 
 # In $TMPDIR; left behind, as libFuzzer exits without running atexit.
 _TEMP = tempfile.TemporaryDirectory(prefix="imagekit-fuzz-store-")

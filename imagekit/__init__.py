@@ -6,7 +6,7 @@ image = store.pull(imagekit.load_recipe("recipes/demo.toml"))
 print(image.path, image.verification)
 """
 
-from imagekit.api import list_recipes, open_store, verify_local
+from imagekit._version import __version__
 from imagekit.errors import (
     ChecksumError,
     CustomizeError,
@@ -22,10 +22,10 @@ from imagekit.errors import (
 from imagekit.image import Image
 from imagekit.progress import ProgressCallback, ProgressEvent
 from imagekit.recipe import Recipe, load_recipe, load_recipe_file, load_recipe_string
-from imagekit.store import Store
-from imagekit.verify import VerifiedChecksums, verify_checksum_file
-
-__version__ = "0.1.0"
+from imagekit.recipe import bundled_recipes as list_recipes
+from imagekit.store import Store, open_store
+from imagekit.verify.local import verify_local
+from imagekit.verify.policy import VerifiedChecksums, verify_checksum_file
 
 __all__ = [
     "ChecksumError",

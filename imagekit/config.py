@@ -1,7 +1,9 @@
-"""User settings that are not recipe content: where the store lives, which mirror to use.
+"""Every setting that is not recipe content, and the one place imagekit reads the environment.
 
-Precedence: command-line flag, then environment (``IMAGEKIT_HOME``, ``IMAGEKIT_MIRROR``), then the
-first config file found (``$XDG_CONFIG_HOME/imagekit/config.toml``, ``/etc/imagekit/config.toml``).
+Precedence: a command-line flag or API argument, then the environment (``IMAGEKIT_HOME``,
+``IMAGEKIT_MIRROR``), then the first config file found (``$XDG_CONFIG_HOME/imagekit/config.toml``,
+``/etc/imagekit/config.toml``). An invalid value anywhere is an error naming it, never a
+silent default. Nothing here decides which keys are trusted: trust is passed in by the caller.
 """
 
 from __future__ import annotations
@@ -10,19 +12,47 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imagekit.errors import RecipeError
+
+HOME_ENV = "IMAGEKIT_HOME"
+MIRROR_ENV = "IMAGEKIT_MIRROR"
+RECIPES_ENV = "IMAGEKIT_RECIPES"
+ACCEL_ENV = "IMAGEKIT_ACCEL"
+ACCELS = ("auto", "kvm", "tcg")
+_MIRROR_SCHEMES = ("http://", "https://", "file://")
 
 
 @dataclass(frozen=True)
 class Settings:
+    """What the config file and the environment say; None where neither says anything."""
+
     store: Path | None = None
     mirror: str | None = None
 
 
+def _config_home() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+
+
 def config_files() -> list[Path]:
-    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return [config_home / "imagekit" / "config.toml", Path("/etc/imagekit/config.toml")]
+    return [_config_home() / "imagekit" / "config.toml", Path("/etc/imagekit/config.toml")]
+
+
+def _string(data: dict[str, Any], key: str, path: Path) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise RecipeError(f"{path}: {key} must be a non-empty string, not {value!r}")
+    return value
+
+
+def _mirror(value: str | None, where: str) -> str | None:
+    if value is not None and not value.startswith(_MIRROR_SCHEMES):
+        raise RecipeError(f"{where}: mirror {value!r} must be an http://, https:// or file:// URL")
+    return value
 
 
 def load_settings() -> Settings:
@@ -38,12 +68,53 @@ def load_settings() -> Settings:
             unknown = sorted(set(data) - {"store", "mirror"})
             if unknown:
                 raise RecipeError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-            if isinstance(data.get("store"), str):
-                store = Path(data["store"]).expanduser()
-            if isinstance(data.get("mirror"), str):
-                mirror = data["mirror"]
+            text = _string(data, "store", path)
+            store = Path(text).expanduser() if text else None
+            mirror = _mirror(_string(data, "mirror", path), str(path))
             break
-    if os.environ.get("IMAGEKIT_HOME"):
-        store = Path(os.environ["IMAGEKIT_HOME"])
-    mirror = os.environ.get("IMAGEKIT_MIRROR") or mirror
+    if os.environ.get(HOME_ENV):
+        store = Path(os.environ[HOME_ENV]).expanduser()
+    if os.environ.get(MIRROR_ENV):
+        mirror = _mirror(os.environ[MIRROR_ENV], MIRROR_ENV)
     return Settings(store=store, mirror=mirror)
+
+
+def default_store() -> Path:
+    """$IMAGEKIT_HOME, else /var/lib/imagekit for root, else $XDG_DATA_HOME/imagekit."""
+    home = os.environ.get(HOME_ENV)
+    if home:
+        return Path(home).expanduser()
+    if os.geteuid() == 0:
+        return Path("/var/lib/imagekit")
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share"
+    return base / "imagekit"
+
+
+def recipe_dirs(bundled: Path) -> list[Path]:
+    """Where recipes are looked up, first match wins: $IMAGEKIT_RECIPES, the user's, bundled."""
+    dirs = [Path(p) for p in os.environ.get(RECIPES_ENV, "").split(os.pathsep) if p]
+    dirs.append(_config_home() / "imagekit" / "recipes")
+    dirs.append(bundled)
+    return dirs
+
+
+def accel_choice() -> str:
+    """``auto``, ``kvm`` or ``tcg`` from $IMAGEKIT_ACCEL (default ``auto``)."""
+    choice = os.environ.get(ACCEL_ENV, "auto").strip().lower()
+    if choice not in ACCELS:
+        raise RecipeError(f"{ACCEL_ENV} must be kvm, tcg or auto, not {choice!r}")
+    return choice
+
+
+def host_cache_dir() -> Path:
+    """Per-host facts worth keeping across runs (the KVM probe's verdict for this boot)."""
+    if os.geteuid() == 0:
+        return Path("/var/cache/imagekit")
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imagekit"
+
+
+def supermin_kernel() -> Path | None:
+    """$SUPERMIN_KERNEL: the kernel libguestfs's appliance boots, when the user chose one."""
+    value = os.environ.get("SUPERMIN_KERNEL")
+    return Path(value) if value else None

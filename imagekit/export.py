@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from imagekit import qemu_img
+from imagekit.disk import qemu_img
 from imagekit.errors import RecipeError
-from imagekit.image import Image
 from imagekit.progress import ProgressCallback, ignore_progress
 
 EXPORT_FORMATS = ("qcow2", "raw", "vmdk", "vdi", "vhdx")
 
 
-def export(
-    image: Image,
+def export_disk(
+    source: Path,
+    source_format: str,
     dest: Path,
     *,
     disk_format: str = "qcow2",
@@ -23,7 +23,7 @@ def export(
     link: bool = False,
     progress: ProgressCallback = ignore_progress,
 ) -> Path:
-    """Write ``dest``; an existing file is replaced only once the new one is complete."""
+    """Write the chain topped by ``source`` to ``dest``, replaced only once complete."""
     if disk_format not in EXPORT_FORMATS:
         raise RecipeError(f"export format must be one of {', '.join(EXPORT_FORMATS)}")
     if compress and disk_format != "qcow2":
@@ -36,11 +36,11 @@ def export(
     temp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
     try:
         if link:
-            qemu_img.create_linked_overlay(temp, image.path, image.format)
+            qemu_img.create_linked_overlay(temp, source, source_format)
         else:
             qemu_img.convert(
-                image.path,
-                image.format,
+                source,
+                source_format,
                 temp,
                 disk_format,
                 compress=compress,

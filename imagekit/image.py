@@ -1,4 +1,4 @@
-"""The Image object that pull, import and build hand back to callers."""
+"""The Image object that pull, import and build hand back to callers: a view of one manifest."""
 
 from __future__ import annotations
 
@@ -6,24 +6,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagekit import export
 from imagekit.errors import StoreError
+from imagekit.oci.layout import Descriptor, Layout
+from imagekit.oci.media import DISK_FORMATS, REF_ANNOTATION
 from imagekit.progress import ProgressCallback, ignore_progress
-from imagekit.store import (
-    MEDIA_DISK_QCOW2,
-    MEDIA_DISK_RAW,
-    REF_ANNOTATION,
-    Descriptor,
-    Store,
-)
-
-DISK_MEDIA_TYPES = {MEDIA_DISK_QCOW2: "qcow2", MEDIA_DISK_RAW: "raw"}
 
 
 @dataclass(frozen=True)
 class Image:
     """A stored image: its manifest, its provenance (config) and the disk a hypervisor opens."""
 
-    store: Store
+    store: Layout
     ref: str | None
     digest: str  # manifest digest
     manifest: dict[str, Any]
@@ -31,13 +25,13 @@ class Image:
     cached: bool = False  # True when pull/build found it already stored and did no work
 
     @classmethod
-    def load(cls, store: Store, ref_or_digest: str, *, cached: bool = False) -> Image:
+    def load(cls, store: Layout, ref_or_digest: str, *, cached: bool = False) -> Image:
         descriptor = store.resolve(ref_or_digest)
         return cls.from_descriptor(store, descriptor, cached=cached)
 
     @classmethod
     def from_descriptor(
-        cls, store: Store, descriptor: Descriptor, *, cached: bool = False
+        cls, store: Layout, descriptor: Descriptor, *, cached: bool = False
     ) -> Image:
         manifest = store.manifest(descriptor.digest)
         config = store.read_json(manifest["config"]["digest"])
@@ -60,7 +54,7 @@ class Image:
         return [
             Descriptor.from_json(layer)
             for layer in self.manifest["layers"]
-            if layer["mediaType"] in DISK_MEDIA_TYPES
+            if layer["mediaType"] in DISK_FORMATS
         ]
 
     @property
@@ -77,7 +71,7 @@ class Image:
 
     @property
     def format(self) -> str:
-        return DISK_MEDIA_TYPES[self.disk.media_type]
+        return DISK_FORMATS[self.disk.media_type]
 
     @property
     def path(self) -> Path:
@@ -103,10 +97,9 @@ class Image:
         progress: ProgressCallback = ignore_progress,
     ) -> Path:
         """A standalone copy of the whole chain at ``dest`` (or a thin overlay with ``link``)."""
-        from imagekit.export import export
-
-        return export(
-            self,
+        return export.export_disk(
+            self.path,
+            self.format,
             dest,
             disk_format=disk_format,
             compress=compress,

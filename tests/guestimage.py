@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from imagekit import guest
-from imagekit.scratch import ScratchSpec, make_scratch_disk
+from imagekit.sources.scratch import ScratchSpec, make_scratch_disk
+from tests.events import Events
 
 APPLETS = ["sh", "ls", "cat", "mkdir", "chmod", "echo", "ln", "touch", "true", "id", "rm", "mv"]
 ZONE = "Europe/Berlin"
@@ -86,7 +86,7 @@ def guest_image(tmp_path_factory: pytest.TempPathFactory) -> GuestImage:
     work = tmp_path_factory.mktemp("guest")
     build_guest_tree(work / "tree")
     disk = work / "base.qcow2"
-    before = guest.LAUNCHES
-    make_scratch_disk(ScratchSpec(size=SIZE, content=work / "tree"), disk)
+    events = Events()
+    make_scratch_disk(ScratchSpec(size=SIZE, content=work / "tree"), disk, progress=events)
     disk.chmod(0o444)
-    return GuestImage(disk, guest.LAUNCHES - before)
+    return GuestImage(disk, events.launches)

@@ -5,7 +5,7 @@ holds ``releases/`` for Fedora, ``centos/`` for CentOS Stream, and so on. Each b
 the files a bundled recipe reads under that root, starting from the real upstream files in
 ``tests/data/real`` (their file names, formats and signatures-or-not), with the image bytes made
 in the test: the target file's digest (and size) is replaced by the test image's and the
-checksum file is re-signed with a test key, which the test pins through ``IMAGEKIT_TEST_KEYS``.
+checksum file is re-signed with a test key, which the test pins with ``keys_override``.
 Upstreams without a fixture for some release get files named by the same rules.
 """
 
@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 
-from imagekit.checksums import parse_checksum_file
+from imagekit.verify.checksums import parse_checksum_file
 from tests.conftest import REAL
 from tests.gpgtools import TestKey, clearsign, detach_sign
 from tests.httpserver import LoopbackServer

@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 
 import imagekit
-from imagekit import guest
-from imagekit.build import BuildResult, build
-from imagekit.store import PARENT_ANNOTATION, Store
+from imagekit.build import BuildResult
+from imagekit.guest import appliance as guest
+from imagekit.oci.media import PARENT_ANNOTATION
+from imagekit.store import Store
 from tests.conftest import Upstream
+from tests.events import Events
 from tests.guestimage import build_guest_tree
 
 pytestmark = pytest.mark.guestfs
@@ -62,9 +64,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     build_guest_tree(directory / "tree")
     recipe = write_recipe(directory, STEP_ONE + STEP_TWO)
     store = Store(directory / "store")
-    before = guest.LAUNCHES
-    first = build(store, imagekit.load_recipe(recipe))
-    return Built(store, directory, recipe, first, guest.LAUNCHES - before)
+    events = Events()
+    first = store.build(imagekit.load_recipe(recipe), progress=events)
+    return Built(store, directory, recipe, first, events.launches)
 
 
 def read_back(path: Path, files: list[str]) -> dict[str, str]:
@@ -122,11 +124,11 @@ def test_build_makes_one_layer_per_step_on_a_scratch_base(built: Built) -> None:
 
 
 def test_unchanged_rebuild_launches_nothing(built: Built) -> None:
-    before = guest.LAUNCHES
+    events = Events()
 
-    again = build(built.store, imagekit.load_recipe(built.recipe))
+    again = built.store.build(imagekit.load_recipe(built.recipe), progress=events)
 
-    assert before == guest.LAUNCHES
+    assert events.launches == 0
     assert [layer.cached for layer in again.layers] == [True, True, True]
     assert again.image.digest == built.first.image.digest
     assert again.image.cached
@@ -136,11 +138,11 @@ def test_changing_the_last_step_rebuilds_only_that_layer(built: Built) -> None:
     base = built.first.image.disks[0]
     base_bytes = hashlib.sha256(built.store.blob_path(base.digest).read_bytes()).hexdigest()
     recipe = write_recipe(built.directory, STEP_ONE + STEP_TWO.replace("db", "cache"), "web2")
-    before = guest.LAUNCHES
+    events = Events()
 
-    changed = build(built.store, imagekit.load_recipe(recipe))
+    changed = built.store.build(imagekit.load_recipe(recipe), progress=events)
 
-    assert before + 1 == guest.LAUNCHES
+    assert events.launches == 1
     assert [layer.cached for layer in changed.layers] == [True, True, False]
     assert changed.image.disks[:2] == built.first.image.disks[:2]
     assert changed.image.disks[2].digest != built.first.image.disks[2].digest
@@ -156,7 +158,7 @@ def test_a_failed_step_leaves_no_layer_and_no_ref(built: Built) -> None:
     blobs_before = set(built.store.blobs_dir.iterdir())
 
     with pytest.raises(imagekit.CustomizeError):
-        build(built.store, imagekit.load_recipe(recipe))
+        built.store.build(imagekit.load_recipe(recipe))
 
     assert "broken:1" not in [ref for ref, _ in built.store.refs()]
     assert set(built.store.blobs_dir.iterdir()) == blobs_before
@@ -224,7 +226,7 @@ def test_http_base_with_a_step(built: Built, upstream: Upstream, tmp_path: Path)
     recipe = upstream.recipe("Base.qcow2", name="fromhttp", extra='[[customize]]\nhostname = "h"\n')
     store = Store(tmp_path / "store")
 
-    result = build(store, imagekit.load_recipe(recipe))
+    result = store.build(imagekit.load_recipe(recipe))
 
     assert [layer.cached for layer in result.layers] == [False, False]
     assert result.image.verification == "signed"
@@ -235,7 +237,7 @@ def test_http_base_with_a_step(built: Built, upstream: Upstream, tmp_path: Path)
     upstream.server.clear_log()
     edited = recipe.read_text().replace('hostname = "h"', 'hostname = "h2"')
     recipe.write_text(edited)
-    again = build(store, imagekit.load_recipe(recipe))
+    again = store.build(imagekit.load_recipe(recipe))
     # Editing the step reruns only the step: the base is neither re-fetched nor re-verified.
     assert [layer.cached for layer in again.layers] == [True, False]
     assert upstream.server.log() == []

@@ -2,7 +2,7 @@
 
 The mirrors (tests/mirrors.py) serve the real upstream files with the test's image bytes in
 place of the real image and checksum files re-signed with a test key, pinned through
-``IMAGEKIT_TEST_KEYS``. The last tests use the real files and the real pinned keys unchanged.
+``keys_override``. The last tests use the real files and the real pinned keys unchanged.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 import imagekit
-from imagekit.fetch import Downloader
-from imagekit.openpgp import key_fingerprints
-from imagekit.pull import pull
+from imagekit.net.metadata import UpstreamCache
+from imagekit.net.transport import Transport
 from imagekit.recipe import HttpSource, KeyPin, bundled_recipes, load_recipe
-from imagekit.resolve import TEST_KEYS_ENV, UpstreamCache, resolve
+from imagekit.resolve.resolve import resolve
 from imagekit.store import Store
-from imagekit.verify import verify_checksum_file
+from imagekit.verify.openpgp import key_fingerprints
+from imagekit.verify.policy import verify_checksum_file
 from tests import mirrors
 from tests.conftest import REAL, REPO
 from tests.gpgtools import TestKey
@@ -49,12 +49,6 @@ ROOTS = {
     "ubuntu": "/ubuntu-cloud-images/",
 }
 UPSTREAM_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
-
-
-@pytest.fixture
-def test_keys(monkeypatch: pytest.MonkeyPatch, signing_key: TestKey) -> TestKey:
-    monkeypatch.setenv(TEST_KEYS_ENV, str(signing_key.public_key))
-    return signing_key
 
 
 def serve(name: str, server: LoopbackServer, arch: str, data: bytes, key: TestKey) -> str:
@@ -168,14 +162,16 @@ def test_pull_through_a_mirror_of_the_upstream_layout(
     store: Store,
     server: LoopbackServer,
     image_bytes: bytes,
-    test_keys: TestKey,
+    signing_key: TestKey,
 ) -> None:
     name = target.partition(":")[0]
-    root = serve(name, server, arch, image_bytes, test_keys)
+    root = serve(name, server, arch, image_bytes, signing_key)
     recipe = load_recipe(target, arch=arch)
     assert isinstance(recipe.source, HttpSource)
 
-    image = pull(store, recipe, mirror=root, allow_loopback_http=True)
+    image = store.pull(
+        recipe, mirror=root, allow_loopback_http=True, keys_override=(signing_key.public_key,)
+    )
 
     assert image.path.read_bytes() == image_bytes
     assert image.ref == recipe.ref
@@ -189,8 +185,8 @@ def test_pull_through_a_mirror_of_the_upstream_layout(
     assert resolved["metadata"] and all(url.startswith(root) for url in resolved["metadata"])
     assert image.verification == recipe.source.level
     if recipe.source.level == "signed":
-        assert verification["signer"] == test_keys.fingerprint
-        assert verification["keys_override"] == [str(test_keys.public_key)]
+        assert verification["signer"] == signing_key.fingerprint
+        assert verification["keys_override"] == [str(signing_key.public_key)]
     else:
         assert verification["checksum_transport"] == "http-loopback"
     annotations = image.manifest["annotations"]
@@ -215,7 +211,7 @@ def test_fedora_44_real_checksum_verifies_with_the_key_the_recipe_selects(
     server.add(directory + filename, image_bytes)  # not the real 528 MB image
     recipe = load_recipe("fedora-cloud:44", arch="aarch64")
 
-    with UpstreamCache(tmp_path / "cache", Downloader(tmp_path)) as upstream:
+    with UpstreamCache(tmp_path / "cache", Transport()) as upstream:
         target = resolve(recipe, cache=upstream, mirror=server.url(root))
         assert target.source.keys == (REPO / "recipes/keys/RPM-GPG-KEY-fedora-44-primary",)
         verified = verify_checksum_file(
@@ -226,7 +222,7 @@ def test_fedora_44_real_checksum_verifies_with_the_key_the_recipe_selects(
     assert verified.signer == "36F612DCF27F7D1A48A835E4DBFCF71C6D9F90A6"
     # The signed size (528154624 bytes) refuses the fake image as soon as its length is known.
     with pytest.raises(imagekit.FetchError, match="528154624"):
-        pull(store, recipe, mirror=server.url(root))
+        store.pull(recipe, mirror=server.url(root))
     assert store.refs() == []
     assert not list(store.blobs_dir.iterdir())
     assert not list(store.tmp_dir.glob("*.part"))
@@ -246,7 +242,7 @@ def test_fedora_44_checksum_under_release_43_fails_with_the_43_key(
     server.add(directory + filename, image_bytes)
 
     with pytest.raises(imagekit.SignatureError, match="36F612DCF27F7D1A48A835E4DBFCF71C6D9F90A6"):
-        pull(store, load_recipe("fedora-cloud", arch="aarch64"), mirror=server.url(root))
+        store.pull(load_recipe("fedora-cloud", arch="aarch64"), mirror=server.url(root))
     assert server.log(directory + filename) == []
 
 
@@ -264,7 +260,7 @@ def test_ubuntu_real_sums_verify_with_the_pinned_canonical_key(
 
     # The signature verifies with the real key; then the fake image fails the signed digest.
     with pytest.raises(imagekit.ChecksumError, match="d1940f7d69d343355e183dff1e08a5985"):
-        pull(store, load_recipe("ubuntu:24.04", arch="x86_64"), mirror=server.url(root))
+        store.pull(load_recipe("ubuntu:24.04", arch="x86_64"), mirror=server.url(root))
     assert store.refs() == []
     assert not list(store.blobs_dir.iterdir())
 

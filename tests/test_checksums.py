@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.checksums import ChecksumEntry, find_entry, parse_checksum_file
 from imagekit.errors import ChecksumError
+from imagekit.verify.checksums import ChecksumEntry, find_entry, parse_checksum_file
 
 REAL = Path(__file__).resolve().parent / "data" / "real"
 A256 = "a" * 64

@@ -16,20 +16,24 @@ from typing import Any
 
 import pytest
 
-from imagekit import customize, guest
+from imagekit import customize
 from imagekit.customize import (
     OPERATIONS,
     StepResult,
     apply_step,
     canonical_step,
+    firstboot,
     grow_size,
     manifest_step,
     needs_network,
     parse_step,
 )
 from imagekit.errors import CustomizeError, RecipeError
-from imagekit.scratch import ScratchSpec
+from imagekit.guest import appliance as guest
+from imagekit.guest import grow
+from imagekit.sources.scratch import ScratchSpec
 from tests import guestimage
+from tests.events import Events
 from tests.guestimage import SIZE, GuestImage
 
 guest_image = guestimage.guest_image  # the session fixture, until conftest.py registers it
@@ -298,9 +302,10 @@ def customized(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory
     size = grow_size(step, SIZE)
     assert size == SIZE + (256 << 20)
     subprocess.run(["qemu-img", "resize", "-q", str(disk), str(size)], check=True)
-    before = guest.LAUNCHES
-    with guest.launched([guest.Drive(disk, "qcow2")], network=needs_network(step)) as g:
-        grown = customize.grow_filesystems(g)
+    events = Events()
+    drives = [guest.Drive(disk, "qcow2")]
+    with guest.launched(drives, network=needs_network(step), progress=events) as g:
+        grown = grow.grow_filesystems(g)
         inspected = guest.mount_inspected(g)
         result = apply_step(g, step, base_dir=base_dir)
         failures = {}
@@ -308,7 +313,7 @@ def customized(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory
             with pytest.raises(CustomizeError) as error:
                 apply_step(g, parse_step(table, where="t"), base_dir=base_dir)
             failures[name] = str(error.value)
-    return Customized(disk, result, inspected, grown, failures, guest.LAUNCHES - before)
+    return Customized(disk, result, inspected, grown, failures, events.launches)
 
 
 FILES = [
@@ -316,8 +321,8 @@ FILES = [
     "/etc/app.conf", "/etc/noeol", "/etc/new.list", "/etc/issue", "/etc/machine-id",
     "/opt/app/tree/top.txt", "/opt/app/tree/sub/data.txt", "/opt/app/tool.sh", "/root/ran",
     "/home/alice/.ssh/authorized_keys", "/root/.ssh/authorized_keys", "/home/alice/.profile",
-    "/etc/sysconfig/network-scripts/ifcfg-eth0", customize.FIRSTBOOT_UNIT,
-    f"{customize.FIRSTBOOT_DIR}/scripts/0001-imagekit", f"{customize.FIRSTBOOT_DIR}/firstboot.sh",
+    "/etc/sysconfig/network-scripts/ifcfg-eth0", firstboot.FIRSTBOOT_UNIT,
+    f"{firstboot.FIRSTBOOT_DIR}/scripts/0001-imagekit", f"{firstboot.FIRSTBOOT_DIR}/firstboot.sh",
 ]  # fmt: skip
 STATS = [
     *FILES, "/etc/touched", "/opt/app/state", "/home/alice", "/home/alice/.ssh", "/home/bob",
@@ -325,7 +330,7 @@ STATS = [
 ]  # fmt: skip
 LINKS = [
     "/etc/localtime", "/usr/local/bin/tool", "/usr/local/bin/tool2", "/opt/app/tree/link",
-    customize.FIRSTBOOT_WANTS,
+    firstboot.FIRSTBOOT_WANTS,
 ]  # fmt: skip
 GONE = [
     "/opt/old/a", "/etc/ssh/sshd_config", "/opt/app/data", "/etc/ssh/ssh_host_ed25519_key",
@@ -348,8 +353,9 @@ class Facts:
 
 @pytest.fixture(scope="session")
 def facts(customized: Customized) -> Facts:
-    before = guest.LAUNCHES
-    with guest.launched([guest.Drive(customized.disk, "qcow2", readonly=True)]) as g:
+    events = Events()
+    drives = [guest.Drive(customized.disk, "qcow2", readonly=True)]
+    with guest.launched(drives, progress=events) as g:
         g.mount_ro("/dev/sda1", "/")  # inspection again would cost ~10 s under TCG
         stat = {}
         for path in STATS:
@@ -363,7 +369,7 @@ def facts(customized: Customized) -> Facts:
             exists={path: g.exists(path) for path in GONE},
             root_bytes=vfs["blocks"] * vfs["bsize"],
             autorelabel=g.is_file("/.autorelabel"),
-            launches=guest.LAUNCHES - before,
+            launches=events.launches,
         )
 
 
@@ -458,13 +464,13 @@ def test_ssh_keys(facts: Facts) -> None:
 def test_run_command_and_firstboot(customized: Customized, facts: Facts) -> None:
     assert facts.text["/root/ran"] == "hello from 0\n"
     assert customized.result.command_output == ["hello from 0\n"]
-    script = f"{customize.FIRSTBOOT_DIR}/scripts/0001-imagekit"
+    script = f"{firstboot.FIRSTBOOT_DIR}/scripts/0001-imagekit"
     assert facts.text[script] == "#!/bin/sh\necho first > /root/first\n"
     assert facts.stat[script][2] == 0o755
     assert (
-        "ExecStart=/usr/lib/imagekit/firstboot/firstboot.sh" in facts.text[customize.FIRSTBOOT_UNIT]
+        "ExecStart=/usr/lib/imagekit/firstboot/firstboot.sh" in facts.text[firstboot.FIRSTBOOT_UNIT]
     )
-    assert facts.links[customize.FIRSTBOOT_WANTS] == customize.FIRSTBOOT_UNIT
+    assert facts.links[firstboot.FIRSTBOOT_WANTS] == firstboot.FIRSTBOOT_UNIT
     assert any("no systemd" in m for m in customized.result.messages)
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imagekit import diskformat, qemu_img
+from imagekit.disk import header as diskformat
+from imagekit.disk import qemu_img
 from imagekit.errors import ImagekitError, UnsafeImageError
 from imagekit.progress import ProgressEvent
 

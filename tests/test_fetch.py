@@ -20,7 +20,8 @@ import pytest
 import requests
 
 from imagekit.errors import FetchError
-from imagekit.fetch import Downloader, FetchResult
+from imagekit.net.download import Downloader, FetchResult
+from imagekit.net.transport import Transport
 from imagekit.progress import ProgressEvent
 from tests.httpserver import LoopbackServer
 
@@ -49,7 +50,9 @@ def tmp_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def downloader(tmp_dir: Path) -> Downloader:
-    return Downloader(tmp_dir, retries=3, backoff=0.01, read_timeout=5, chunk_size=CHUNK)
+    return Downloader(
+        tmp_dir, transport=Transport(retries=3, backoff=0.01, read_timeout=5), chunk_size=CHUNK
+    )
 
 
 def assert_complete(result: FetchResult, data: bytes) -> None:
@@ -127,7 +130,7 @@ def test_resume_after_kill_9_mid_download(
     url = server.url("big.raw")
     code = textwrap.dedent(f"""
         from pathlib import Path
-        from imagekit.fetch import Downloader
+        from imagekit.net.download import Downloader
         Downloader(Path({str(tmp_dir)!r}), chunk_size={CHUNK}).download({url!r}, name="big")
     """)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -268,7 +271,9 @@ def test_stalled_body_times_out_and_resumes(server: LoopbackServer, tmp_dir: Pat
     data = blob(150_000)
     server.add("img", data)
     server.throttle("img", 32 << 10)  # one 64 KiB block, then a 2 s stall
-    downloader = Downloader(tmp_dir, retries=1, backoff=0.01, read_timeout=0.5, chunk_size=CHUNK)
+    downloader = Downloader(
+        tmp_dir, transport=Transport(retries=1, backoff=0.01, read_timeout=0.5), chunk_size=CHUNK
+    )
 
     result = downloader.download(server.url("img"), name="st")
 
@@ -396,7 +401,7 @@ def test_concurrent_downloads_of_one_name_never_share_a_writer(
     results: list[FetchResult] = []
 
     def run() -> None:
-        d = Downloader(tmp_dir, retries=1, backoff=0.01, chunk_size=CHUNK)
+        d = Downloader(tmp_dir, transport=Transport(retries=1, backoff=0.01), chunk_size=CHUNK)
         results.append(d.download(server.url("img"), name="same"))
 
     threads = [threading.Thread(target=run) for _ in range(2)]
@@ -429,24 +434,25 @@ def test_progress_is_throttled(server: LoopbackServer, tmp_dir: Path) -> None:
 
 
 def test_fetch_small(server: LoopbackServer, downloader: Downloader, tmp_path: Path) -> None:
+    transport = downloader.transport
     server.add("SHA256SUMS", b"abc  img\n")
     server.fail_next("SHA256SUMS", 502)
-    assert downloader.fetch_small(server.url("SHA256SUMS")) == b"abc  img\n"
+    assert transport.fetch_small(server.url("SHA256SUMS")).body == b"abc  img\n"
     assert [e.status for e in server.log()] == [502, 200]
 
     with pytest.raises(FetchError, match="larger than 4 bytes"):
-        downloader.fetch_small(server.url("SHA256SUMS"), max_bytes=4)
+        transport.fetch_small(server.url("SHA256SUMS"), max_bytes=4)
     server.omit_length("SHA256SUMS")
     with pytest.raises(FetchError, match="larger than 4 bytes"):
-        downloader.fetch_small(server.url("SHA256SUMS"), max_bytes=4)
+        transport.fetch_small(server.url("SHA256SUMS"), max_bytes=4)
     with pytest.raises(FetchError, match="404, not found"):
-        downloader.fetch_small(server.url("nope"))
+        transport.fetch_small(server.url("nope"))
 
     local = tmp_path / "sums"
     local.write_bytes(b"x" * 10)
-    assert downloader.fetch_small(local.as_uri()) == b"x" * 10
+    assert transport.fetch_small(local.as_uri()).body == b"x" * 10
     with pytest.raises(FetchError, match="larger than 9 bytes"):
-        downloader.fetch_small(local.as_uri(), max_bytes=9)
+        transport.fetch_small(local.as_uri(), max_bytes=9)
 
 
 def test_unreachable_server_is_retried_then_reported(downloader: Downloader) -> None:

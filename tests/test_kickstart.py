@@ -16,13 +16,16 @@ from pathlib import Path
 import pytest
 
 import imagekit
-from imagekit import installer, kickstart
-from imagekit.build import BuildResult, build
+from imagekit.build import BuildResult
 from imagekit.errors import CustomizeError, RecipeError, VerificationError
-from imagekit.openpgp import key_fingerprints
+from imagekit.guest import vm as installer
 from imagekit.recipe import HttpSource, KickstartSource, load_recipe, load_recipe_string
+from imagekit.sources.http import FetchOptions, Session
+from imagekit.sources.kickstart import install as kickstart
 from imagekit.store import Store
+from imagekit.verify.openpgp import key_fingerprints
 from tests.conftest import REPO
+from tests.events import Events
 from tests.installer_iso import LABEL, build_installer_iso
 
 KICKSTART = """\
@@ -84,9 +87,9 @@ def write_recipe(
 
 
 def build_counted(store: Store, recipe: Path) -> tuple[BuildResult, int]:
-    before = installer.LAUNCHES
-    result = build(store, imagekit.load_recipe(recipe))
-    return result, installer.LAUNCHES - before
+    events = Events()
+    result = store.build(imagekit.load_recipe(recipe), progress=events)
+    return result, events.boots
 
 
 @pytest.fixture(scope="module")
@@ -155,9 +158,8 @@ def test_changed_vm_setting_is_a_new_build_key(oemdrv: Built, isos: dict[str, Pa
         path.write_text(path.read_text().replace('size = "64M"', f'size = "{size}"'))
         recipe = load_recipe(path)
         assert isinstance(recipe.source, KickstartSource)
-        prepared = kickstart.prepare(
-            oemdrv.store, recipe, recipe.source, mirror=None, progress=lambda event: None
-        )
+        session = Session(oemdrv.store, FetchOptions())
+        prepared = kickstart.prepare(session, recipe, recipe.source)
         keys.append(prepared.key)
     assert keys[0] != keys[1]
 
@@ -180,10 +182,10 @@ def test_kickstart_error_is_found_before_anything_boots(
     broken = KICKSTART.replace("keyboard us", "keyboard us\nautopart --bogus-option")
     recipe = write_recipe(tmp_path, isos["install"], kickstart_text=broken)
     store = Store(tmp_path / "store")
-    before = installer.LAUNCHES
+    events = Events()
     with pytest.raises(RecipeError, match=r"line 7: .*bogus-option"):
-        build(store, imagekit.load_recipe(recipe))
-    assert before == installer.LAUNCHES
+        store.build(imagekit.load_recipe(recipe), progress=events)
+    assert events.boots == 0
     assert not any(store.blobs_dir.iterdir())  # the installer was not even imported
 
 
@@ -199,7 +201,7 @@ def test_local_iso_must_match_its_pin(tmp_path: Path, isos: dict[str, Path]) -> 
     text = recipe.read_text()
     recipe.write_text(text.replace(text.split('sha256 = "')[1][:64], "0" * 64))
     with pytest.raises(VerificationError, match="pins"):
-        build(Store(tmp_path / "store"), imagekit.load_recipe(recipe))
+        Store(tmp_path / "store").build(imagekit.load_recipe(recipe))
 
 
 def qemu_processes(path: Path) -> list[int]:
@@ -233,7 +235,7 @@ def test_hanging_installer_hits_the_inactivity_watchdog(
     recipe.write_text(recipe.read_text().replace('inactivity = "60s"', 'inactivity = "20s"'))
     store = Store(tmp_path / "store")
     with pytest.raises(CustomizeError, match="inactivity") as caught:
-        build(store, imagekit.load_recipe(recipe))
+        store.build(imagekit.load_recipe(recipe))
     assert "imagekit-test installer: starting" in str(caught.value)  # the console tail
     assert qemu_processes(store.root) == []
     assert_nothing_stored(store)
@@ -245,7 +247,7 @@ def test_installer_traceback_ends_the_build_early(tmp_path: Path, isos: dict[str
     recipe = write_recipe(tmp_path, isos["traceback"])
     store = Store(tmp_path / "store")
     with pytest.raises(CustomizeError, match="Traceback") as caught:
-        build(store, imagekit.load_recipe(recipe))
+        store.build(imagekit.load_recipe(recipe))
     assert "ValueError: stand-in installer failure" in str(caught.value)
     assert qemu_processes(store.root) == []
     assert_nothing_stored(store)

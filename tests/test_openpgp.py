@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.checksums import find_entry, parse_checksum_file
 from imagekit.errors import ChecksumError, SignatureError
-from imagekit.openpgp import (
+from imagekit.verify.checksums import find_entry, parse_checksum_file
+from imagekit.verify.openpgp import (
     is_clearsigned,
     key_fingerprints,
     verify_clearsigned,

@@ -352,14 +352,13 @@ def test_kill_9_mid_download_resumes_with_only_the_rest(
 def test_offline_pull_uses_cached_evidence_and_stored_bytes_only(
     store: Store, upstream: Upstream, image_bytes: bytes
 ) -> None:
-    from imagekit.pull import pull
 
     upstream.publish(FILENAME, image_bytes)
     recipe = imagekit.load_recipe(upstream.recipe(FILENAME))
     first = store.pull(recipe)
     upstream.server.clear_log()
 
-    again = pull(store, recipe, tag="copy:1", offline=True)
+    again = store.pull(recipe, tag="copy:1", offline=True)
 
     assert upstream.server.log() == []
     assert again.disk_digest == first.disk_digest and again.verification == "signed"

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 import imagekit
-from imagekit.fetch import Downloader
-from imagekit.pull import pull
+from imagekit.net.metadata import UpstreamCache
+from imagekit.net.transport import Transport
 from imagekit.recipe import HttpSource, load_recipe, load_recipe_string
-from imagekit.resolve import TEST_KEYS_ENV, Target, UpstreamCache, resolve
+from imagekit.resolve.resolve import Target, resolve
 from imagekit.store import Store
-from imagekit.verify import checksum_transport
+from imagekit.verify.policy import checksum_transport
 from tests import mirrors
 from tests.conftest import REAL, REPO, make_qcow2
 from tests.gpgtools import TestKey
@@ -29,7 +29,7 @@ STREAM9_DIR = "/centos/9-stream/x86_64/images/"
 
 
 def resolved(recipe: imagekit.Recipe, tmp_path: Path, mirror: str | None = None) -> Target:
-    with UpstreamCache(tmp_path / "cache", Downloader(tmp_path / "tmp", retries=0)) as cache:
+    with UpstreamCache(tmp_path / "cache", Transport(retries=0)) as cache:
         return resolve(recipe, cache=cache, mirror=mirror)
 
 
@@ -226,10 +226,10 @@ def test_second_pull_within_the_ttl_asks_nothing(
 ) -> None:
     mirror = centos_mirror(server, image_bytes)
     recipe = load_recipe("centos-stream:9", arch="x86_64")
-    first = pull(store, recipe, mirror=mirror, allow_loopback_http=True)
+    first = store.pull(recipe, mirror=mirror, allow_loopback_http=True)
     server.clear_log()
 
-    second = pull(store, recipe, mirror=mirror, allow_loopback_http=True)
+    second = store.pull(recipe, mirror=mirror, allow_loopback_http=True)
 
     assert second.cached and second.digest == first.digest
     assert server.log() == []
@@ -240,11 +240,11 @@ def test_stale_metadata_is_revalidated_with_its_validators(
 ) -> None:
     mirror = centos_mirror(server, image_bytes)
     recipe = load_recipe("centos-stream:9", arch="x86_64")
-    pull(store, recipe, mirror=mirror, allow_loopback_http=True)
+    store.pull(recipe, mirror=mirror, allow_loopback_http=True)
     (first,) = server.log(STREAM9_DIR + "CHECKSUM")
     server.clear_log()
 
-    again = pull(store, recipe, mirror=mirror, allow_loopback_http=True, metadata_ttl=0)
+    again = store.pull(recipe, mirror=mirror, allow_loopback_http=True, metadata_ttl=0)
 
     assert again.cached  # same file resolved: the ref still holds, no image request
     (request,) = server.log()
@@ -289,13 +289,13 @@ def conditional() -> Iterator[str]:
 
 
 def test_not_modified_keeps_the_cached_body(conditional: str, tmp_path: Path) -> None:
-    downloader = Downloader(tmp_path / "tmp", retries=0)
-    with UpstreamCache(tmp_path / "cache", downloader) as cache:
+    transport = Transport(retries=0)
+    with UpstreamCache(tmp_path / "cache", transport) as cache:
         first = cache.get(conditional)
-    with UpstreamCache(tmp_path / "cache", downloader, ttl=0) as cache:
+    with UpstreamCache(tmp_path / "cache", transport, ttl=0) as cache:
         second = cache.get(conditional)
         assert cache.get(conditional) == second  # once per pull, however often asked
-    with UpstreamCache(tmp_path / "cache", downloader, offline=True) as cache:
+    with UpstreamCache(tmp_path / "cache", transport, offline=True) as cache:
         third = cache.get(conditional)
 
     assert first == second == third == _Conditional.body
@@ -308,12 +308,12 @@ def test_offline_uses_the_cache_and_the_store_only(
     mirror = centos_mirror(server, image_bytes)
     recipe = load_recipe("centos-stream:9", arch="x86_64")
     with pytest.raises(imagekit.FetchError, match=r"offline, and .* was never fetched"):
-        pull(store, recipe, mirror=mirror, offline=True, allow_loopback_http=True)
-    first = pull(store, recipe, mirror=mirror, allow_loopback_http=True)
+        store.pull(recipe, mirror=mirror, offline=True, allow_loopback_http=True)
+    first = store.pull(recipe, mirror=mirror, allow_loopback_http=True)
     server.clear_log()
 
-    again = pull(
-        store, recipe, mirror=mirror, tag="stream:9", offline=True, allow_loopback_http=True
+    again = store.pull(
+        recipe, mirror=mirror, tag="stream:9", offline=True, allow_loopback_http=True
     )
 
     assert again.disk_digest == first.disk_digest and not again.cached
@@ -322,7 +322,7 @@ def test_offline_uses_the_cache_and_the_store_only(
     store.remove("stream:9")
     store.gc()
     with pytest.raises(imagekit.FetchError, match="not in the store yet"):
-        pull(store, recipe, mirror=mirror, offline=True, allow_loopback_http=True)
+        store.pull(recipe, mirror=mirror, offline=True, allow_loopback_http=True)
 
 
 # Versions that move, and pins that do not
@@ -333,7 +333,7 @@ def test_latest_compose_moves_on_and_a_pin_stays(
 ) -> None:
     mirror = centos_mirror(server, image_bytes)
     recipe = load_recipe("centos-stream:9", arch="x86_64")
-    old = pull(store, recipe, mirror=mirror, allow_loopback_http=True)
+    old = store.pull(recipe, mirror=mirror, allow_loopback_http=True)
     newer = make_qcow2(tmp_path / "newer.qcow2", seed=7)
     newer_name = "CentOS-Stream-GenericCloud-9-20260101.0.x86_64.qcow2"
     real = (REAL / "centos-stream9-x86_64-CHECKSUM").read_text()
@@ -343,10 +343,9 @@ def test_latest_compose_moves_on_and_a_pin_stays(
     server.replace(STREAM9_DIR + "CHECKSUM", text.encode())
     server.add(STREAM9_DIR + newer_name, newer)
 
-    cached = pull(store, recipe, mirror=mirror, allow_loopback_http=True)
-    moved = pull(store, recipe, mirror=mirror, allow_loopback_http=True, refresh=True)
-    pinned = pull(
-        store,
+    cached = store.pull(recipe, mirror=mirror, allow_loopback_http=True)
+    moved = store.pull(recipe, mirror=mirror, allow_loopback_http=True, refresh=True)
+    pinned = store.pull(
         load_recipe(f"centos-stream:9@{old.disk_digest}", arch="x86_64"),
         mirror=mirror,
         allow_loopback_http=True,
@@ -363,8 +362,7 @@ def test_latest_compose_moves_on_and_a_pin_stays(
     assert pinned.provenance["recipe"]["pin"] == old.disk_digest
     gone = "sha256:" + "0" * 64
     with pytest.raises(imagekit.ChecksumError, match="no longer offers the image sha256:0000"):
-        pull(
-            store,
+        store.pull(
             load_recipe(f"centos-stream:9@{gone}", arch="x86_64"),
             mirror=mirror,
             allow_loopback_http=True,
@@ -376,7 +374,6 @@ def test_keys_override_is_part_of_the_identity(
     server: LoopbackServer,
     image_bytes: bytes,
     signing_key: TestKey,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     mirrors.fedora(
         server,
@@ -388,13 +385,13 @@ def test_keys_override_is_part_of_the_identity(
         releases={"44": "1.7"},
     )
     recipe = load_recipe("fedora-cloud", arch="x86_64")
-    monkeypatch.setenv(TEST_KEYS_ENV, str(signing_key.public_key))
-    assert pull(store, recipe, mirror=server.url("/f/")).verification == "signed"
-    monkeypatch.delenv(TEST_KEYS_ENV)
+    override = (signing_key.public_key,)
+    pulled = store.pull(recipe, mirror=server.url("/f/"), keys_override=override)
+    assert pulled.verification == "signed"
 
     # Without the override the real F44 key is pinned again: no cache hit on the test signature.
     with pytest.raises(imagekit.SignatureError, match=signing_key.fingerprint):
-        pull(store, recipe, mirror=server.url("/f/"))
+        store.pull(recipe, mirror=server.url("/f/"))
 
 
 def test_sha512_only_images_are_found_in_the_store_by_that_digest(
@@ -404,9 +401,9 @@ def test_sha512_only_images_are_found_in_the_store_by_that_digest(
         server, "/d/", release="12", codename="bookworm", debian_arch="amd64", data=image_bytes
     )
     recipe = load_recipe("debian:12", arch="x86_64")
-    pull(store, recipe, mirror=server.url("/d/"), allow_loopback_http=True)
+    store.pull(recipe, mirror=server.url("/d/"), allow_loopback_http=True)
 
-    pull(store, recipe, mirror=server.url("/d/"), allow_loopback_http=True, tag="d:12")
+    store.pull(recipe, mirror=server.url("/d/"), allow_loopback_http=True, tag="d:12")
 
     assert len(server.log(image)) == 1
 
@@ -420,7 +417,7 @@ def test_checksum_over_tls_refuses_plain_http(
     mirror = centos_mirror(server, image_bytes)
 
     with pytest.raises(imagekit.VerificationError, match="did not come over TLS"):
-        pull(store, load_recipe("centos-stream:9", arch="x86_64"), mirror=mirror)
+        store.pull(load_recipe("centos-stream:9", arch="x86_64"), mirror=mirror)
     assert server.log(STREAM9_DIR + STREAM9) == []
 
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from imagekit.core.refs import Ref, parse_ref, validate_digest, validate_name, validate_tag
 from imagekit.errors import RecipeError, RefNotFoundError, StoreError
-from imagekit.refs import Ref, parse_ref, validate_digest, validate_name, validate_tag
-from imagekit.store import (
+from imagekit.oci.layout import Descriptor
+from imagekit.oci.media import (
     ARTIFACT_TYPE,
     MEDIA_CONFIG,
     MEDIA_DISK_QCOW2,
@@ -25,9 +26,8 @@ from imagekit.store import (
     MEDIA_MANIFEST,
     PARENT_ANNOTATION,
     REF_ANNOTATION,
-    Descriptor,
-    Store,
 )
+from imagekit.store import Store
 
 MP = multiprocessing.get_context("fork")
 

@@ -27,7 +27,7 @@ def die() -> None:
 
 def kill_at_byte(limit: int) -> None:
     """Die once the partial download holds exactly ``limit`` bytes."""
-    from imagekit.fetch import _Partial
+    from imagekit.net.download import _Partial
 
     original = _Partial._write
 
@@ -80,9 +80,8 @@ def kill_at_unlink(nth: int) -> None:
 
 
 def run(spec: dict[str, Any]) -> None:
-    from imagekit.fetch import Downloader
     from imagekit.image import Image
-    from imagekit.pull import pull
+    from imagekit.net.transport import Transport
     from imagekit.recipe import load_recipe
     from imagekit.store import Store
 
@@ -95,16 +94,13 @@ def run(spec: dict[str, Any]) -> None:
     store = Store(pathlib.Path(spec["store"]))
     op = spec["op"]
     if op == "pull":
-        downloader = Downloader(store.tmp_dir, backoff=0.01, chunk_size=256 << 10)
-        pull(store, load_recipe(spec["recipe"]), downloader=downloader)
+        store.pull(load_recipe(spec["recipe"]), transport=Transport(backoff=0.01))
     elif op == "gc":
         store.gc(remove_partial=bool(spec.get("partial")))
     elif op == "export":
         Image.load(store, spec["ref"]).export(pathlib.Path(spec["dest"]))
     elif op == "build":
-        from imagekit.build import build
-
-        build(store, load_recipe(spec["recipe"]), tag=spec.get("tag"))
+        store.build(load_recipe(spec["recipe"]), tag=spec.get("tag"))
     else:
         raise SystemExit(f"unknown op {op!r}")
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 import imagekit
-from imagekit import guest
-from imagekit.build import build
-from imagekit.store import MEDIA_DISK_QCOW2, MEDIA_DISK_RAW, Store
+from imagekit.oci.media import MEDIA_DISK_QCOW2, MEDIA_DISK_RAW
+from imagekit.store import Store
 from tests.conftest import REPO
+from tests.events import Events
 from tests.guestimage import build_guest_tree
 from tests.reliability import figures
 from tests.reliability.storecheck import assert_consistent
@@ -94,9 +94,9 @@ def test_two_processes_building_one_recipe_share_one_layer_per_step(tmp_path: Pa
     assert list(store.tmp_dir.iterdir()) == []
 
     # A third build afterwards is fully cached: no launch at all.
-    before = guest.LAUNCHES
-    third = build(store, imagekit.load_recipe(recipe), tag="race:c")
-    assert before == guest.LAUNCHES
+    events = Events()
+    third = store.build(imagekit.load_recipe(recipe), tag="race:c", progress=events)
+    assert events.launches == 0
     assert all(layer.cached for layer in third.layers)
     assert [d.digest for d in third.image.disks] == [d.digest for d in images[0].disks]
     assert_consistent(store)

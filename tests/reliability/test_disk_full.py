@@ -12,8 +12,6 @@ import pytest
 
 import imagekit
 from imagekit.errors import FetchError, ImagekitError, StoreError
-from imagekit.fetch import Downloader
-from imagekit.pull import pull
 from imagekit.store import Store
 from tests.conftest import Upstream, make_qcow2
 from tests.reliability import figures
@@ -48,7 +46,7 @@ def test_disk_full_mid_download_is_clear_resumable_and_recoverable(
     big_recipe = publish_alone(upstream, "big.qcow2", big, "big")
 
     with pytest.raises(FetchError, match="disk full") as exc:
-        pull(store, imagekit.load_recipe(big_recipe), downloader=Downloader(store.tmp_dir))
+        store.pull(imagekit.load_recipe(big_recipe))
     assert "resume" in str(exc.value)
     kept = partial_size(store)
     assert 0 < kept < len(big), "the partial download is kept for resuming"

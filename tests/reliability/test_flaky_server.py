@@ -10,8 +10,7 @@ import pytest
 
 import imagekit
 from imagekit.errors import ChecksumError, FetchError, ImagekitError
-from imagekit.fetch import Downloader
-from imagekit.pull import pull
+from imagekit.net.transport import Transport
 from imagekit.store import Store
 from tests.conftest import Upstream, make_qcow2
 from tests.httpserver import LoopbackServer
@@ -22,13 +21,13 @@ FILENAME = "Flaky-Cloud-1.qcow2"
 PATH = f"/pub/{FILENAME}"
 
 
-def quick(store: Store, retries: int = 5) -> Downloader:
-    return Downloader(store.tmp_dir, retries=retries, backoff=0.01, read_timeout=5)
+def quick(retries: int = 5) -> Transport:
+    return Transport(retries=retries, backoff=0.01, read_timeout=5)
 
 
 def pull_with(store: Store, upstream: Upstream, retries: int = 5) -> imagekit.Image:
     recipe = imagekit.load_recipe(upstream.recipe(FILENAME))
-    return pull(store, recipe, downloader=quick(store, retries), refresh=True)
+    return store.pull(recipe, transport=quick(retries), refresh=True)
 
 
 Fault = Callable[[LoopbackServer, int], None]

@@ -36,16 +36,16 @@ DELAY_KILLS = 6
 CHILD = "from tests.reliability.crashchild import main; main()"
 # Every step between "the bytes are complete" and "the ref is written", in pull's order.
 COMMIT_POINTS = [
-    "imagekit.fetch:_Partial.sync:after",
-    "imagekit.diskformat:ensure_safe:before",
-    "imagekit.qemu_img:info:after",
-    "imagekit.store:_seal:after",
-    "imagekit.store:Store.commit_file:after",
-    "imagekit.store:Store.add_bytes:after",
-    "imagekit.store:Store.write_manifest:before",
-    "imagekit.store:Store.write_manifest:after",
-    "imagekit.store:_write_synced:after",
-    "imagekit.store:Store.tag:after",
+    "imagekit.net.download:_Partial.sync:after",
+    "imagekit.disk.header:ensure_safe:before",
+    "imagekit.disk.qemu_img:info:after",
+    "imagekit.oci.layout:_seal:after",
+    "imagekit.oci.layout:Layout.commit_file:after",
+    "imagekit.oci.layout:Layout.add_bytes:after",
+    "imagekit.oci.layout:Layout.write_manifest:before",
+    "imagekit.oci.layout:Layout.write_manifest:after",
+    "imagekit.core.atomic:write_new:after",
+    "imagekit.oci.layout:Layout.tag:after",
 ]
 
 
@@ -184,7 +184,7 @@ def test_kill_gc_mid_sweep(tmp_path: Path, image_bytes: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "point", ["imagekit.qemu_img:convert:before", "imagekit.qemu_img:convert:after"]
+    "point", ["imagekit.disk.qemu_img:convert:before", "imagekit.disk.qemu_img:convert:after"]
 )
 def test_kill_export_leaves_old_destination_and_store(
     store: Store, tmp_path: Path, image_bytes: bytes, point: str

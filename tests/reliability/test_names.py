@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import imagekit
+from imagekit.core.refs import parse_ref
 from imagekit.errors import ImagekitError, RecipeError, StoreError
-from imagekit.refs import parse_ref
-from imagekit.store import MEDIA_DISK_RAW, Store
+from imagekit.oci.media import MEDIA_DISK_RAW
+from imagekit.store import Store
 from tests.conftest import Upstream
 from tests.reliability import figures
 from tests.reliability.storecheck import assert_consistent, files_outside

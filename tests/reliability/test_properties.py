@@ -20,12 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imagekit import diskformat
-from imagekit.checksums import parse_checksum_file
+from imagekit.disk import header as diskformat
 from imagekit.errors import ChecksumError, ImagekitError
 from imagekit.image import Image
+from imagekit.oci.layout import Descriptor
+from imagekit.oci.media import MEDIA_DISK_RAW, MEDIA_MANIFEST
 from imagekit.recipe import load_recipe_string
-from imagekit.store import MEDIA_DISK_RAW, MEDIA_MANIFEST, Descriptor, Store
+from imagekit.store import Store
+from imagekit.verify.checksums import parse_checksum_file
 from tests.reliability import figures
 
 EXAMPLES = settings(

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from imagekit import config
+from imagekit.core.refs import validate_digest, validate_name
 from imagekit.errors import RecipeError
-from imagekit.refs import validate_digest, validate_name
-from imagekit.verify import CHECKSUM_OVER_TLS, LEVELS, PINNED, SIGNED, UNVERIFIED
+from imagekit.verify.policy import CHECKSUM_OVER_TLS, LEVELS, PINNED, SIGNED, UNVERIFIED
 
 RECIPE_SUFFIX = ".toml"
+BUNDLED_RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 DISK_FORMATS = ("qcow2", "raw")
 HTTP_FORMATS = (*DISK_FORMATS, "iso")  # an ISO is fetched only as an installer (kind = "kickstart")
 KICKSTART_DELIVERIES = ("oemdrv", "http")
@@ -234,11 +236,7 @@ class Recipe:
 
 def recipe_dirs() -> list[Path]:
     """Where bundled and user recipes are looked up, first match wins."""
-    dirs = [Path(p) for p in os.environ.get("IMAGEKIT_RECIPES", "").split(os.pathsep) if p]
-    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    dirs.append(config_home / "imagekit" / "recipes")
-    dirs.append(Path(__file__).resolve().parent.parent / "recipes")
-    return dirs
+    return config.recipe_dirs(BUNDLED_RECIPES)
 
 
 def bundled_recipes() -> dict[str, Path]:

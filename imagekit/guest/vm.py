@@ -27,8 +27,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
-from imagekit import guest
+from imagekit import config
 from imagekit.errors import CustomizeError
+from imagekit.guest import appliance
 from imagekit.progress import ProgressCallback, ProgressEvent
 
 HOST_FROM_GUEST = "10.0.2.2"  # the host's loopback as qemu user networking shows it to a guest
@@ -41,9 +42,6 @@ FAILURE_MARKERS = (
 TAIL_LINES = 30
 POLL_SECONDS = 1.0
 MARKER_GRACE = 3.0  # seconds of console kept after a failure marker: the message that follows
-
-LAUNCHES = 0
-"""Installer VMs started by this process; tests count them to prove cache hits boot nothing."""
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -98,17 +96,16 @@ def command(vm: VM, accel: str) -> list[str]:
 
 def run(vm: VM, *, progress: ProgressCallback) -> Ran:
     """Boot ``vm`` and supervise it until qemu exits; CustomizeError if the install fails."""
-    global LAUNCHES
-    accel = guest.accel()
+    accel = appliance.accel()
     argv = command(vm, accel)
     # setpriv --pdeathsig: the kernel kills qemu if we die, even by SIGKILL; no preexec_fn,
     # which is unsafe while the kickstart server thread runs.
     launcher = shutil.which("setpriv")
     wrapped = [launcher, "--pdeathsig", "KILL", "--", *argv] if launcher else argv
-    progress(ProgressEvent("install", f"booting the installer ({accel}); console: {vm.log}"))
+    # The "boot" event is how callers (and tests) count VMs started: a cache hit starts none.
+    progress(ProgressEvent("boot", f"booting the installer ({accel}); console: {vm.log}"))
     started = time.monotonic()
     with vm.log.open("wb") as log:
-        LAUNCHES += 1
         process = subprocess.Popen(
             wrapped,
             stdin=subprocess.DEVNULL,
@@ -193,7 +190,7 @@ def _drain(fd: int, log: IO[bytes], seconds: float) -> None:
 def _failure(reason: str, vm: VM) -> CustomizeError:
     return CustomizeError(
         f"{reason}; console tail:\n{_tail(vm.log)}\n(full console log: {vm.log}; set "
-        f"{guest.ACCEL_ENV}=tcg or kvm to choose the accelerator)"
+        f"{config.ACCEL_ENV}=tcg or kvm to choose the accelerator)"
     )
 
 

@@ -13,8 +13,6 @@ the same thing twice (pull) take their own per-digest lock and check the store f
 from __future__ import annotations
 
 import contextlib
-import errno
-import functools
 import hashlib
 import json
 import os
@@ -23,39 +21,30 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import unquote, urlsplit
-from urllib.request import url2pathname
 
+from imagekit.core.atomic import disk_full, replace_file
+from imagekit.core.locking import FileLock
 from imagekit.errors import FetchError
-from imagekit.locking import FileLock
+from imagekit.net.transport import (
+    Transient,
+    Transport,
+    content_length,
+    local_path,
+    raise_for_status,
+    scheme,
+)
 from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
 
-if TYPE_CHECKING:  # requests is imported on first use: a cache-hit pull never needs it
+if TYPE_CHECKING:
     import requests
 
-_T = TypeVar("_T")
-
-_MAX_BACKOFF = 30.0
 _PROGRESS_INTERVAL = 0.1
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes \*/(\d+)")
 _ALGORITHMS = hashlib.algorithms_guaranteed - {"shake_128", "shake_256"}
-
-
-@functools.cache
-def _headers() -> dict[str, str]:
-    """Sent with every request. identity: the bytes hashed must be the bytes of the file, never
-    a transparently decoded body. The version comes from package metadata (importing
-    ``imagekit`` here would be an import cycle), looked up on first request only."""
-    import importlib.metadata
-
-    try:
-        version = importlib.metadata.version("imagekit")
-    except importlib.metadata.PackageNotFoundError:
-        version = "0"
-    return {"User-Agent": f"imagekit/{version}", "Accept-Encoding": "identity"}
 
 
 @dataclass(frozen=True)
@@ -72,27 +61,6 @@ class FetchResult:
     transferred: int  # bytes received over the network in this call (copied, for file://)
 
 
-class _Transient(Exception):
-    """A failure worth retrying: a server hiccup, a short body, or an object that changed."""
-
-
-@functools.cache
-def _transient() -> tuple[type[BaseException], ...]:
-    """Failures worth retrying; a function so that requests loads only when a request is made."""
-    import requests
-    import urllib3.exceptions
-
-    return (
-        _Transient,
-        requests.ConnectionError,  # refused, reset, DNS, connect timeout
-        requests.Timeout,
-        requests.exceptions.ChunkedEncodingError,
-        urllib3.exceptions.ProtocolError,  # reset or short body while streaming the raw body
-        urllib3.exceptions.ReadTimeoutError,
-        urllib3.exceptions.SSLError,  # TLS framing broken mid-body: a cut connection
-    )
-
-
 class Downloader:
     """Downloads into ``tmp_dir``; one instance serves many downloads and reuses connections."""
 
@@ -100,28 +68,12 @@ class Downloader:
         self,
         tmp_dir: Path,
         *,
-        retries: int = 5,
-        backoff: float = 0.5,
-        connect_timeout: float = 10,
-        read_timeout: float = 60,
+        transport: Transport | None = None,
         chunk_size: int = 1 << 20,
-        session: requests.Session | None = None,
     ) -> None:
         self.tmp_dir = tmp_dir
-        self.retries = retries
-        self.backoff = backoff
-        self.timeout = (connect_timeout, read_timeout)
+        self.transport = transport or Transport()
         self.chunk_size = chunk_size
-        self._session = session
-
-    @property
-    def session(self) -> requests.Session:
-        """One connection pool for every request this downloader makes, created on first use."""
-        if self._session is None:
-            import requests
-
-            self._session = requests.Session()
-        return self._session
 
     def download(
         self,
@@ -140,17 +92,19 @@ class Downloader:
         if not _SAFE_NAME.fullmatch(name):
             raise FetchError(f"invalid download name {name!r}: use letters, digits, '.', '_', '-'")
         algs = _algorithms(algorithms)
-        scheme = _scheme(url)
+        url_scheme = scheme(url)
         with _writing(self.tmp_dir):
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
         partial = _Partial(self.tmp_dir / f"{name}.part", url, algs)
         job = _Job(url, partial, expected_size, _Meter(progress, _label(url)))
         with FileLock(self.tmp_dir / f"{name}.lock"):
-            if scheme == "file":
+            if url_scheme == "file":
                 self._copy(job)
             else:
                 partial.adopt(self.chunk_size)
-                self._retrying(url, lambda: self._attempt(job), lambda: partial.size, partial.path)
+                self.transport.retrying(
+                    url, lambda: self._attempt(job), lambda: partial.size, partial.path
+                )
             if expected_size is not None and partial.size != expected_size:
                 size = partial.size  # discard() zeroes it; the message must say what was got
                 partial.discard()
@@ -168,60 +122,6 @@ class Downloader:
             transferred=job.transferred,
         )
 
-    def fetch_small(self, url: str, *, max_bytes: int = 16 << 20) -> bytes:
-        """The whole body of a small file (checksums, signatures, metadata), with retries.
-
-        The cap keeps a hostile or misconfigured server from filling memory.
-        """
-        if _scheme(url) == "file":
-            return _read_local(url, max_bytes)
-        return self._retrying(url, lambda: self._fetch_small_once(url, max_bytes), lambda: 0)
-
-    # HTTP ------------------------------------------------------------------------------------
-
-    def _get(self, url: str, headers: dict[str, str]) -> requests.Response:
-        return self.session.get(
-            url, headers={**_headers(), **headers}, stream=True, timeout=self.timeout
-        )
-
-    def _retrying(
-        self,
-        url: str,
-        attempt: Callable[[], _T],
-        on_disk: Callable[[], int],
-        kept: Path | None = None,
-    ) -> _T:
-        """Run ``attempt`` until it succeeds; only failures that made no progress count."""
-        import requests
-        import urllib3.exceptions
-
-        failures = attempts = 0
-        while True:
-            before = on_disk()
-            attempts += 1
-            try:
-                return attempt()
-            except requests.exceptions.SSLError as exc:
-                raise FetchError(
-                    f"TLS error talking to {url}: {exc}; check the mirror's certificate "
-                    "and the system CA certificates"
-                ) from exc
-            except _transient() as exc:
-                failures = 1 if on_disk() > before else failures + 1
-                if failures > self.retries:
-                    note = (
-                        f"; the partial download in {kept} is kept and will resume"
-                        if kept and on_disk()
-                        else ""
-                    )
-                    raise FetchError(
-                        f"could not download {url} after {attempts} attempts ({exc}); "
-                        f"check the network or the mirror and run again{note}"
-                    ) from exc
-                time.sleep(min(self.backoff * 2 ** (failures - 1), _MAX_BACKOFF))
-            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-                raise FetchError(f"cannot fetch {url}: {exc}") from exc
-
     def _attempt(self, job: _Job) -> None:
         """One request: resume, restart or finish the partial file from whatever the server says."""
         partial = job.partial
@@ -231,28 +131,28 @@ class Downloader:
             validator = partial.validator()
             if validator:
                 headers["If-Range"] = validator
-        with self._get(job.url, headers) as resp:
+        with self.transport.get(job.url, headers) as resp:
             job.final_url = resp.url
             status = resp.status_code
             if partial.size and status == 416:
                 if _unsatisfied_total(resp) == partial.size and partial.same_object(resp):
                     return  # an earlier run got every byte
                 partial.discard()
-                raise _Transient("the partial download does not fit the server's file")
+                raise Transient("the partial download does not fit the server's file")
             if partial.size and status == 206:
                 content_range = _content_range(resp)
                 if content_range is None or content_range[0] != partial.size:
                     partial.discard()
-                    raise _Transient("the server answered a different range than requested")
+                    raise Transient("the server answered a different range than requested")
                 if not partial.same_object(resp):
                     partial.discard()
-                    raise _Transient("the file changed on the server while resuming")
+                    raise Transient("the file changed on the server while resuming")
                 total = content_range[1]
             elif status == 200:  # fresh, or the server ignored Range / the object changed
                 partial.restart(resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
-                total = _content_length(resp)
+                total = content_length(resp)
             else:
-                _raise_for_status(resp, job.url)
+                raise_for_status(resp, job.url)
             if job.expected_size is not None and total not in (None, job.expected_size):
                 partial.discard()
                 _size_mismatch(job.url, total, job.expected_size)
@@ -274,29 +174,13 @@ class Downloader:
                 write(chunk)
                 job.meter.update(partial.size, total)
         if total is not None and partial.size < total:
-            raise _Transient(f"connection closed after {partial.size} of {total} bytes")
-
-    def _fetch_small_once(self, url: str, max_bytes: int) -> bytes:
-        with self._get(url, {}) as resp:
-            if resp.status_code != 200:
-                _raise_for_status(resp, url)
-            length = _content_length(resp)
-            if length is not None and length > max_bytes:
-                _too_big(url, max_bytes)
-            body = bytearray()
-            for chunk in resp.raw.stream(min(self.chunk_size, max_bytes + 1), decode_content=False):
-                body += chunk
-                if len(body) > max_bytes:
-                    _too_big(url, max_bytes)
-            if length is not None and len(body) < length:
-                raise _Transient(f"connection closed after {len(body)} of {length} bytes")
-            return bytes(body)
+            raise Transient(f"connection closed after {partial.size} of {total} bytes")
 
     # file:// ---------------------------------------------------------------------------------
 
     def _copy(self, job: _Job) -> None:
         """Copy a local file through the same hashing writer; no resume: local reads don't drop."""
-        source = _local_path(job.url)
+        source = local_path(job.url)
         partial = job.partial
         try:
             with open(source, "rb") as src:
@@ -390,7 +274,8 @@ class _Partial:
         self.size = self.adopted = 0
         self.etag, self.last_modified = etag, last_modified
         meta = {"url": self.url, "etag": etag, "last_modified": last_modified}
-        _write_atomically(self.sidecar, json.dumps(meta).encode())
+        with _writing(self.sidecar):
+            replace_file(self.sidecar, json.dumps(meta).encode())
 
     def discard(self) -> None:
         """Delete the partial and its sidecar: its bytes are wrong or of another object."""
@@ -463,23 +348,12 @@ def _writing(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if disk_full(exc):
             raise FetchError(
                 f"disk full while writing {path}: free space in {path.parent} and run again; "
                 "the partial download is kept and will resume"
             ) from exc
         raise FetchError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename: a crash leaves the old sidecar or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with _writing(path):
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
 
 def _read_sidecar(path: Path) -> dict[str, str | None]:
@@ -501,41 +375,8 @@ def _algorithms(requested: Sequence[str]) -> list[str]:
     return algs
 
 
-def _scheme(url: str) -> str:
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in ("http", "https", "file"):
-        raise FetchError(f"cannot download {url!r}: only http://, https:// and file:// URLs work")
-    return scheme
-
-
 def _label(url: str) -> str:
     return PurePosixPath(unquote(urlsplit(url).path)).name or url
-
-
-def _local_path(url: str) -> Path:
-    parts = urlsplit(url)
-    if parts.netloc not in ("", "localhost"):
-        raise FetchError(f"cannot read {url}: file:// URLs must name a local file")
-    return Path(url2pathname(parts.path))
-
-
-def _read_local(url: str, max_bytes: int) -> bytes:
-    source = _local_path(url)
-    try:
-        with open(source, "rb") as f:
-            data = f.read(max_bytes + 1)
-    except FileNotFoundError as exc:
-        raise FetchError(f"{source} does not exist: check the recipe URL {url}") from exc
-    except OSError as exc:
-        raise FetchError(f"cannot read {source}: {exc.strerror}") from exc
-    if len(data) > max_bytes:
-        _too_big(url, max_bytes)
-    return data
-
-
-def _content_length(resp: requests.Response) -> int | None:
-    value = resp.headers.get("Content-Length", "")
-    return int(value) if value.isdigit() else None
 
 
 def _content_range(resp: requests.Response) -> tuple[int, int | None] | None:
@@ -552,32 +393,8 @@ def _unsatisfied_total(resp: requests.Response) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _raise_for_status(resp: requests.Response, url: str) -> NoReturn:
-    """Server trouble (5xx, 408, 429) is retried; any other unexpected answer is final."""
-    status = resp.status_code
-    if status >= 500 or status in (408, 429):
-        raise _Transient(f"HTTP {status} {resp.reason}")
-    if status == 404 or status == 410:
-        raise FetchError(f"{url}: HTTP {status}, not found — check the recipe URL or mirror")
-    if status in (401, 403):
-        raise FetchError(
-            f"{url}: HTTP {status}, access denied — the server refuses this URL; "
-            "check the recipe URL or mirror"
-        )
-    raise FetchError(
-        f"{url}: unexpected HTTP {status} {resp.reason} — check the recipe URL or mirror"
-    )
-
-
 def _size_mismatch(url: str, size: int, expected: int, qualifier: str = "") -> NoReturn:
     raise FetchError(
         f"{url} is {qualifier}{size} bytes but {expected} were expected; the download was "
         "deleted — check the recipe (size) or the mirror"
-    )
-
-
-def _too_big(url: str, max_bytes: int) -> NoReturn:
-    raise FetchError(
-        f"{url} is larger than {max_bytes} bytes, too big for a checksum, signature or "
-        "metadata file — check the recipe URL"
     )

@@ -12,7 +12,6 @@ setting that can change the disk, so an unchanged rebuild boots nothing.
 from __future__ import annotations
 
 import configparser
-import hashlib
 import io
 import re
 import shutil
@@ -26,18 +25,26 @@ from typing import Any
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
-from imagekit import diskformat, installer, qemu_img
+from imagekit import provenance
+from imagekit.core.digest import copy_hashing, file_digest, hexpart, identity, sha256_bytes
+from imagekit.disk import header, qemu_img
 from imagekit.errors import CustomizeError, RecipeError, VerificationError
+from imagekit.guest import vm as installer
 from imagekit.image import Image
+from imagekit.oci.layout import Descriptor, Layout
+from imagekit.oci.media import (
+    CREATED_ANNOTATION,
+    DISK_MEDIA,
+    MEDIA_EVIDENCE_CONSOLE_LOG,
+    MEDIA_EVIDENCE_KICKSTART,
+    MEDIA_ISO,
+)
 from imagekit.progress import ProgressCallback, ProgressEvent
-from imagekit.pull import CREATED_ANNOTATION, MEDIA_ISO, base_config, pull
 from imagekit.recipe import KickstartSource, Recipe
-from imagekit.store import MEDIA_DISK_QCOW2, MEDIA_DISK_RAW, Descriptor, Store, canonical_json
-from imagekit.verify import PINNED, hash_file
+from imagekit.sources import http
+from imagekit.verify.policy import PINNED
 
 KICKSTART_CODE_VERSION = "1"
-MEDIA_EVIDENCE_KICKSTART = "application/vnd.imagekit.evidence.kickstart"
-MEDIA_EVIDENCE_CONSOLE_LOG = "application/vnd.imagekit.evidence.console-log"
 OEMDRV_LABEL = "OEMDRV"  # Anaconda reads ks.cfg from a volume so labelled, no boot option needed
 _PLACEHOLDER = re.compile(r"\{(name|version|arch)\}")
 # A script that opens a terminal or switches to one is waiting for a person at the console
@@ -159,14 +166,7 @@ def _waits_for_human(handler: Any, text: str) -> Iterator[str]:
             yield f"the script at line {script.lineno} reads from a terminal"
 
 
-def prepare(
-    store: Store,
-    recipe: Recipe,
-    source: KickstartSource,
-    *,
-    mirror: str | None,
-    progress: ProgressCallback,
-) -> Prepared:
+def prepare(session: http.Session, recipe: Recipe, source: KickstartSource) -> Prepared:
     """Render and validate the kickstart, then fetch (or find) and pin the installer ISO."""
     values = {"name": recipe.name, "version": recipe.version, "arch": recipe.arch}
     try:
@@ -175,14 +175,15 @@ def prepare(
         raise RecipeError(f"cannot read kickstart {source.kickstart}: {exc}") from exc
     syntax = syntax_version(source, recipe.version)
     validate(text, syntax, force=source.force, where=str(source.kickstart))
-    found = _installer(store, source, mirror, progress)
-    identity = {
-        "installer": found.iso.digest,
-        "kickstart": hashlib.sha256(text.encode()).hexdigest(),
-        "vm": vm_parameters(source),
-        "code": KICKSTART_CODE_VERSION,
-    }
-    key = hashlib.sha256(canonical_json(identity)).hexdigest()
+    found = _installer(session, source)
+    key = identity(
+        {
+            "installer": found.iso.digest,
+            "kickstart": sha256_bytes(text.encode()),
+            "vm": vm_parameters(source),
+            "code": KICKSTART_CODE_VERSION,
+        }
+    )
     return Prepared(source, found, text, syntax, key)
 
 
@@ -199,12 +200,11 @@ def vm_parameters(source: KickstartSource) -> dict[str, Any]:
     }
 
 
-def _installer(
-    store: Store, source: KickstartSource, mirror: str | None, progress: ProgressCallback
-) -> Installer:
+def _installer(session: http.Session, source: KickstartSource) -> Installer:
+    store, progress = session.layout, session.progress
     if source.installer_path is None:
         parent = source.load_installer()
-        image = pull(store, parent, mirror=mirror, progress=progress)
+        image = http.pull(session, parent)
         isos = [layer for layer in image.manifest["layers"] if layer["mediaType"] == MEDIA_ISO]
         if not isos:
             raise RecipeError(
@@ -225,21 +225,17 @@ def _installer(
     return Installer(iso, verification, {"path": str(source.installer_path)})
 
 
-def _import_iso(store: Store, path: Path, digest: str) -> None:
+def _import_iso(store: Layout, path: Path, digest: str) -> None:
     """Copy a local ISO into the store, hashing as it goes; a mismatch is refused."""
     temp = store.new_temp(".iso")
-    hasher = hashlib.sha256()
     try:
-        with path.open("rb") as src, temp.open("wb") as dst:
-            while chunk := src.read(1 << 20):
-                hasher.update(chunk)
-                dst.write(chunk)
-        if "sha256:" + hasher.hexdigest() != digest:
+        actual = copy_hashing(path, temp)
+        if actual != digest:
             raise VerificationError(
-                f"installer {path} has sha256 {hasher.hexdigest()}, but the recipe pins "
-                f"{digest[7:]}: check the file, or pin the new digest if you trust it"
+                f"installer {path} has {actual}, but the recipe pins "
+                f"{digest}: check the file, or pin the new digest if you trust it"
             )
-        diskformat.ensure_safe(temp, "iso")
+        header.ensure_safe(temp, "iso")
         store.commit_file(temp, digest, MEDIA_ISO)
     finally:
         temp.unlink(missing_ok=True)
@@ -331,7 +327,7 @@ def _read_into(image: pycdlib.PyCdlib, path: str, out: Any, iso: Path) -> None:
         raise CustomizeError(f"{iso} has no {path}: {exc}; is it an installer ISO?") from exc
 
 
-def install(store: Store, recipe: Recipe, prepared: Prepared, progress: ProgressCallback) -> Image:
+def install(store: Layout, recipe: Recipe, prepared: Prepared, progress: ProgressCallback) -> Image:
     """Boot the installer on a fresh disk, check and compact the result, store it with evidence."""
     source = prepared.source
     iso_path = store.blob_path(prepared.installer.iso.digest)
@@ -366,7 +362,7 @@ def install(store: Store, recipe: Recipe, prepared: Prepared, progress: Progress
     ]
     log.unlink()  # a blob now; the live copy stays only when a build fails
     config = {
-        **base_config(recipe.name, recipe.version, recipe.arch),
+        **provenance.base_config(recipe.name, recipe.version, recipe.arch),
         "source": {
             "kind": "kickstart",
             "installer": {
@@ -404,11 +400,11 @@ def install(store: Store, recipe: Recipe, prepared: Prepared, progress: Progress
     return Image.from_descriptor(store, manifest)
 
 
-def console_log_path(store: Store, key: str) -> Path:
+def console_log_path(store: Layout, key: str) -> Path:
     """Where a build's console is written live (``tail -f`` it); kept after a failure."""
     directory = store.cache_dir / "kickstart"
     directory.mkdir(parents=True, exist_ok=True)
-    return directory / f"{key}.console.log"
+    return directory / f"{hexpart(key)}.console.log"
 
 
 def _label(volume_id: str) -> str:
@@ -431,7 +427,7 @@ def _delivered(
 
 
 def _store_disk(
-    store: Store, disk: Path, source: KickstartSource, progress: ProgressCallback
+    store: Layout, disk: Path, source: KickstartSource, progress: ProgressCallback
 ) -> Descriptor:
     """Refuse a corrupt or empty disk, then copy it compactly into the store."""
     report = qemu_img.check(disk, "qcow2")
@@ -445,8 +441,6 @@ def _store_disk(
     try:
         compress = source.compress and source.disk_format == "qcow2"
         qemu_img.convert(disk, "qcow2", compact, source.disk_format, compress=compress)
-        digest = "sha256:" + hash_file(compact)["sha256"]
-        media = MEDIA_DISK_QCOW2 if source.disk_format == "qcow2" else MEDIA_DISK_RAW
-        return store.commit_file(compact, digest, media)
+        return store.commit_file(compact, file_digest(compact), DISK_MEDIA[source.disk_format])
     finally:
         compact.unlink(missing_ok=True)

@@ -24,14 +24,13 @@ from typing import Any
 
 import guestfs
 
-from imagekit.errors import CustomizeError, RecipeError
+from imagekit import config
+from imagekit.config import ACCEL_ENV
+from imagekit.core.atomic import replace_file
+from imagekit.errors import CustomizeError
 from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
 
-ACCEL_ENV = "IMAGEKIT_ACCEL"
 PROBE_SECONDS = 3.0
-
-LAUNCHES = 0
-"""Appliance launches made by this process; tests count them to prove cache hits launch nothing."""
 
 
 @dataclass(frozen=True)
@@ -65,11 +64,9 @@ class InspectedOS:
 
 def accel() -> str:
     """``kvm`` or ``tcg``, from $IMAGEKIT_ACCEL (kvm, tcg or auto) or a probe of /dev/kvm."""
-    choice = os.environ.get(ACCEL_ENV, "auto").strip().lower()
-    if choice in ("kvm", "tcg"):
-        return choice
+    choice = config.accel_choice()
     if choice != "auto":
-        raise RecipeError(f"{ACCEL_ENV} must be kvm, tcg or auto, not {choice!r}")
+        return choice
     return "kvm" if kvm_probe()[0] else "tcg"
 
 
@@ -99,9 +96,9 @@ def kvm_probe() -> tuple[bool, str]:
     usable, why = _test_boot(qemu, kernel)
     with contextlib.suppress(OSError):
         cache.parent.mkdir(parents=True, exist_ok=True)
-        temp = cache.with_name(f".{cache.name}.{os.getpid()}")
-        temp.write_text(json.dumps({"identity": identity, "usable": usable, "why": why}))
-        os.replace(temp, cache)
+        replace_file(
+            cache, json.dumps({"identity": identity, "usable": usable, "why": why}).encode()
+        )
     return usable, why
 
 
@@ -119,10 +116,7 @@ def _probe_identity(qemu: Path, kernel: Path) -> str:
 
 
 def _probe_cache_file() -> Path:
-    if os.geteuid() == 0:
-        return Path("/var/cache/imagekit/kvm-probe.json")
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "imagekit" / "kvm-probe.json"
+    return config.host_cache_dir() / "kvm-probe.json"
 
 
 def _test_boot(qemu: str, kernel: Path) -> tuple[bool, str]:
@@ -151,8 +145,9 @@ def _test_boot(qemu: str, kernel: Path) -> tuple[bool, str]:
 
 def _probe_kernel() -> Path | None:
     """The kernel supermin would put in the appliance: $SUPERMIN_KERNEL or the newest in /boot."""
-    if os.environ.get("SUPERMIN_KERNEL"):
-        return Path(os.environ["SUPERMIN_KERNEL"])
+    chosen = config.supermin_kernel()
+    if chosen is not None:
+        return chosen
 
     def version(path: Path) -> list[int]:
         return [int(n) for n in re.findall(r"\d+", path.name)]
@@ -169,9 +164,8 @@ def launch(
     progress: ProgressCallback = ignore_progress,
 ) -> Any:
     """Add ``drives`` and launch the appliance; the caller must shut it down (see ``launched``)."""
-    global LAUNCHES
     mode = accel()
-    auto = os.environ.get(ACCEL_ENV, "auto").strip().lower() == "auto"
+    auto = config.accel_choice() == "auto"
     g = guestfs.GuestFS(python_return_dict=True)
     try:
         for drive in drives:
@@ -185,8 +179,8 @@ def launch(
         if memsize_mb is not None:
             g.set_memsize(memsize_mb)
         why = kvm_probe()[1] if auto else f"set by {ACCEL_ENV}"
-        progress(ProgressEvent("customize", f"starting the libguestfs appliance ({mode}: {why})"))
-        LAUNCHES += 1
+        # The "launch" event is how callers (and tests) count launches: a cache hit makes none.
+        progress(ProgressEvent("launch", f"starting the libguestfs appliance ({mode}: {why})"))
         g.launch()
     except RuntimeError as e:
         g.close()

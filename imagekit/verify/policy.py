@@ -10,15 +10,14 @@ publishes (CentOS Stream, AlmaLinux, Debian publish nothing stronger) but nobody
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from imagekit.checksums import ChecksumEntry, find_entry, parse_checksum_file
 from imagekit.errors import ChecksumError, SignatureError, VerificationError
-from imagekit.openpgp import is_clearsigned, verify_clearsigned, verify_detached
+from imagekit.verify.checksums import ChecksumEntry, find_entry, parse_checksum_file
+from imagekit.verify.openpgp import is_clearsigned, verify_clearsigned, verify_detached
 
 SIGNED = "signed"
 PINNED = "pinned"
@@ -165,13 +164,3 @@ def checksum_transport(url: str, *, allow_loopback_http: bool = False) -> str | 
     if parts.scheme == "http" and allow_loopback_http and parts.hostname in LOOPBACK_HOSTS:
         return "http-loopback"
     return None
-
-
-def hash_file(path: Path, algorithms: Sequence[str] = ("sha256",)) -> dict[str, str]:
-    """Hash a local file once for every algorithm asked."""
-    hashers = {a: hashlib.new(a) for a in algorithms}
-    with path.open("rb") as stream:
-        while chunk := stream.read(1 << 20):
-            for hasher in hashers.values():
-                hasher.update(chunk)
-    return {a: h.hexdigest() for a, h in hashers.items()}

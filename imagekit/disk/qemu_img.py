@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from imagekit.diskformat import SUPPORTED_FORMATS, is_plain_name
+from imagekit.disk.header import SUPPORTED_FORMATS, is_plain_name
 from imagekit.errors import ImagekitError, UnsafeImageError
 from imagekit.progress import ProgressCallback, ProgressEvent
 

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import os
-import tarfile
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagekit import guest, qemu_img
+from imagekit import provenance
+from imagekit.core.digest import file_digest, tree_digest
+from imagekit.disk import qemu_img
 from imagekit.errors import CustomizeError, ImagekitError, RecipeError
+from imagekit.guest import appliance
+from imagekit.guest.tarball import pack, tarball_compression
+from imagekit.image import Image
+from imagekit.oci.layout import Layout
+from imagekit.oci.media import CREATED_ANNOTATION, DISK_MEDIA
 from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
+from imagekit.recipe import Recipe, ScratchSource
 
 PARTITION_TABLES = {"gpt": "gpt", "mbr": "msdos"}
 FILESYSTEMS = {"ext2": 16, "ext3": 16, "ext4": 16, "xfs": 12, "btrfs": 255}  # max label length
 FORMATS = ("qcow2", "raw")
-COMPRESSION = {".tar": None, ".tar.gz": "gzip", ".tgz": "gzip", ".tar.xz": "xz"}
-COMPRESSION |= {".tar.bz2": "bzip2"}
 
 
 @dataclass(frozen=True)
@@ -55,32 +59,6 @@ class ScratchSpec:
             tarball_compression(self.content)
 
 
-def tarball_compression(path: Path) -> str | None:
-    """tar_in's ``compress`` argument for the tarball ``path``."""
-    for suffix, compress in COMPRESSION.items():
-        if path.name.endswith(suffix) and path.is_file():
-            return compress
-    raise RecipeError(
-        f"content {path} must be a directory or a .tar, .tar.gz, .tgz, .tar.xz or .tar.bz2 file"
-    )
-
-
-def pack(
-    entries: Iterable[tuple[Path, str]], tarball: Path, *, owner: tuple[int, int] | None = None
-) -> None:
-    """Tar each (path, name) recursively with numeric owners (or ``owner``), modes and links."""
-
-    def numeric(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uname = info.gname = ""
-        if owner is not None:
-            info.uid, info.gid = owner
-        return info
-
-    with tarfile.open(tarball, "w", format=tarfile.GNU_FORMAT) as tar:
-        for path, name in entries:
-            tar.add(path, arcname=name, filter=numeric)
-
-
 def make_scratch_disk(
     spec: ScratchSpec, dest: Path, *, progress: ProgressCallback = ignore_progress
 ) -> None:
@@ -100,7 +78,9 @@ def make_scratch_disk(
             else:
                 tarball, compress = spec.content, tarball_compression(spec.content)
             progress(ProgressEvent("customize", f"filling a {spec.filesystem} scratch disk"))
-            with guest.launched([guest.Drive(partial, spec.format)], progress=progress) as g:
+            with appliance.launched(
+                [appliance.Drive(partial, spec.format)], progress=progress
+            ) as g:
                 _fill(g, spec, tarball, compress)
         os.replace(partial, dest)
     finally:
@@ -120,3 +100,48 @@ def _fill(g: Any, spec: ScratchSpec, tarball: Path, compress: str | None) -> Non
         g.write(
             "/etc/fstab", f"LABEL={spec.label} / {spec.filesystem} defaults 0 {check}\n".encode()
         )
+
+
+SCRATCH_CODE_VERSION = "1"
+
+
+def scratch_identity(source: ScratchSource) -> dict[str, Any]:
+    """What the scratch disk is made of: its content's digest and every disk setting."""
+    if not source.content.exists():
+        raise RecipeError(f"scratch content {source.content} is neither a directory nor a tarball")
+    return {
+        "content": tree_digest(source.content),
+        "size": source.size,
+        "partition_table": source.partition_table,
+        "filesystem": source.filesystem,
+        "label": source.label,
+        "format": source.format,
+    }
+
+
+def scratch_image(layout: Layout, recipe: Recipe, progress: ProgressCallback) -> Image:
+    """Make the recipe's scratch disk and store it (untagged) with its provenance."""
+    source = recipe.source
+    assert isinstance(source, ScratchSource)
+    spec = ScratchSpec(
+        size=source.size,
+        partition_table=source.partition_table,
+        filesystem=source.filesystem,
+        label=source.label,
+        content=source.content,
+        format=source.format,
+    )
+    temp = layout.new_temp("." + source.format)
+    try:
+        make_scratch_disk(spec, temp, progress=progress)
+        disk = layout.commit_file(temp, file_digest(temp), DISK_MEDIA[source.format])
+    finally:
+        temp.unlink(missing_ok=True)
+    config = {
+        **provenance.base_config(recipe.name, recipe.version, recipe.arch),
+        "source": {"kind": "scratch", **scratch_identity(source)},
+        "verification": provenance.unverified_record(),
+        "disk": {"digest": disk.digest, "size": disk.size, "format": source.format},
+    }
+    manifest = layout.write_manifest(config, [disk], {CREATED_ANNOTATION: config["created"]})
+    return Image.from_descriptor(layout, manifest)

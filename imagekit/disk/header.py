@@ -117,6 +117,23 @@ def ensure_safe(
     return header
 
 
+def qcow2_backing_name(path: Path) -> str | None:
+    """The backing file a qcow2 header names, read with no other check: what qemu would open.
+
+    gc follows it (besides the parent annotation) for blobs already in the store, which were
+    fully inspected when they came in; here only the name matters, not whether it is safe.
+    """
+    with path.open("rb") as f:
+        head = f.read(_QCOW2_HEADER.size)
+        if len(head) < 20 or not head.startswith(b"QFI\xfb"):
+            return None
+        offset, size = struct.unpack_from(">QI", head, 8)
+        if not offset or not 0 < size <= _MAX_NAME:
+            return None
+        f.seek(offset)
+        return _text(f.read(size))
+
+
 def is_plain_name(name: str) -> bool:
     """A bare file name qemu resolves beside the overlay: no directory, ``..``, protocol or NUL."""
     return len(name) <= _MAX_NAME and _PLAIN_NAME.fullmatch(name) is not None

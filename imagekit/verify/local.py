@@ -1,4 +1,4 @@
-"""Small public helpers that sit above single modules: open a store, verify local files."""
+"""Verify files a user downloaded by hand: a checksum file, its signature, and the file."""
 
 from __future__ import annotations
 
@@ -6,25 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from imagekit.checksums import find_entry
-from imagekit.config import load_settings
+from imagekit.core.digest import hash_file
 from imagekit.errors import ChecksumError, RecipeError
-from imagekit.recipe import bundled_recipes
-from imagekit.store import Store
-from imagekit.verify import hash_file, verify_checksum_file
-
-
-def open_store(path: str | Path | None = None) -> Store:
-    """The store at ``path``, else ``IMAGEKIT_HOME`` or the config file's, else the default."""
-    if path is not None:
-        return Store(Path(path))
-    settings = load_settings()
-    return Store(settings.store) if settings.store else Store.default()
-
-
-def list_recipes() -> dict[str, Path]:
-    """Recipe names imagekit can find, with the file each comes from."""
-    return bundled_recipes()
+from imagekit.verify.checksums import find_entry
+from imagekit.verify.policy import verify_checksum_file
 
 
 def verify_local(

@@ -1,0 +1,112 @@
+"""Commands that make layers: build and customize."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from imagekit.cli.app import (
+    JsonOption,
+    StoreOption,
+    app,
+    emit_json,
+    open_store,
+    progress_display,
+)
+from imagekit.errors import RecipeError
+
+
+@app.command()
+def build(
+    target: Annotated[str, typer.Argument(help="Recipe file, or bundled recipe NAME[:VERSION].")],
+    store: StoreOption = None,
+    tag: Annotated[
+        str | None, typer.Option(help="Tag as NAME:TAG instead of name:version.")
+    ] = None,
+    mirror: Annotated[
+        str | None, typer.Option(help="Mirror for downloaded bases (default as for pull).")
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Rebuild every layer.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Build a recipe: its base, then one cached qcow2 layer per customize step."""
+    with progress_display(not as_json) as progress:
+        result = open_store(store).build(
+            target,
+            tag=tag,
+            mirror=mirror,
+            use_cache=not no_cache,
+            progress=progress,
+        )
+    _print_build(result, as_json)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def customize(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="Stored image NAME[:TAG] or digest.")],
+    store: StoreOption = None,
+    tag: Annotated[str | None, typer.Option(help="Tag the result NAME:TAG.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Apply one step to a stored image: --hostname NAME --run-command CMD ... (see docs)."""
+    table = _step_from_arguments(ctx.args)
+    with progress_display(not as_json) as progress:
+        result = open_store(store).customize(ref, table, tag=tag, progress=progress)
+    _print_build(result, as_json)
+
+
+def _step_from_arguments(args: list[str]) -> dict[str, object]:
+    """``--hostname web1 --run-command CMD ...`` as a [[customize]] table, by the ops table."""
+    from imagekit.customize import OPERATIONS, ArgKind
+
+    by_flag = {spec.flag: spec for spec in OPERATIONS.values()}
+    table: dict[str, object] = {}
+    repeated: dict[str, list[str]] = {}  # list operations: each flag may be given many times
+    words = iter(args)
+    for word in words:
+        flag, has_value, inline = word.partition("=")
+        spec = by_flag.get(flag)
+        if spec is None:
+            raise RecipeError(f"unknown option {word!r}; operations: {', '.join(sorted(by_flag))}")
+        if spec.kind is ArgKind.FLAG:
+            table[spec.name] = True
+            continue
+        value = inline if has_value else next(words, None)
+        if value is None:
+            raise RecipeError(f"{flag} needs a value ({spec.metavar})")
+        if spec.kind is ArgKind.TEXT:
+            table[spec.name] = value
+        else:
+            repeated.setdefault(spec.name, []).append(value)
+    table.update(repeated)
+    if not table:
+        raise RecipeError(
+            "give at least one operation, e.g. --hostname NAME (see docs/customize.md)"
+        )
+    return table
+
+
+def _print_build(result: Any, as_json: bool) -> None:
+    image = result.image
+    if as_json:
+        emit_json(
+            {
+                **image.summary(),
+                "layers": [
+                    {"name": r.name, "digest": r.digest, "cached": r.cached, "seconds": r.seconds}
+                    for r in result.layers
+                ],
+                "generated_passwords": result.generated_passwords,
+            }
+        )
+        return
+    for report in result.layers:
+        state = "cached" if report.cached else "built"
+        typer.echo(f"{state:>6} {report.seconds:7.1f}s {report.digest[:19]} {report.name}")
+    for user, password in result.generated_passwords.items():
+        typer.echo(f"generated password for {user}: {password}")
+    typer.echo(f"{image.ref} {image.disk_digest}\n{image.path}")

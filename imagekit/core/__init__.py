@@ -1,0 +1,1 @@
+"""Ideas every stage shares, written once: digests, atomic writes, locks, names."""

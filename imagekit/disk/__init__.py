@@ -1,0 +1,1 @@
+"""Disk images as bytes: what format a file is, whether it is safe to open, and qemu-img."""

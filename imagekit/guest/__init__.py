@@ -1,0 +1,1 @@
+"""Running guests: the libguestfs appliance, growing filesystems, and supervised qemu VMs."""

@@ -1,0 +1,1 @@
+"""The network: one HTTP transport, resumable downloads, and the upstream-metadata cache."""

@@ -1,0 +1,1 @@
+"""The OCI image layout on disk: media types, blobs, manifests, refs, gc and fsck."""

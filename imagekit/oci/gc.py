@@ -1,0 +1,256 @@
+"""Garbage collection and fsck: what the refs reach stays, everything a store holds is checked.
+
+gc marks from every ref (and extra roots) through manifests, overlay parent annotations and the
+qcow2 backing names qemu itself would follow, then sweeps the rest under the exclusive lock, so
+no pull or build is between adding blobs and tagging them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagekit.core import atomic
+from imagekit.core.digest import hash_stream
+from imagekit.disk import header
+from imagekit.errors import StoreError
+from imagekit.oci.layout import Descriptor, Layout, check_digest, manifest_descriptors, parents
+from imagekit.oci.media import MEDIA_INDEX, MEDIA_MANIFEST, REF_ANNOTATION
+
+_MANIFEST_MAX = 4 << 20  # a JSON blob bigger than this is not a manifest worth parsing in gc
+_TEMP_RE = re.compile(r"new-(\d+)-.*", re.DOTALL)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What gc removed (or would remove, on a dry run); ``freed_bytes`` counts blobs and temps."""
+
+    removed_blobs: list[str]
+    freed_bytes: int
+    removed_temp: list[str]
+
+
+@dataclass(frozen=True)
+class FsckReport:
+    """Every problem fsck found, each phrased as what is wrong and what to do."""
+
+    problems: list[str]
+    blobs_checked: int
+    bytes_checked: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def collect(
+    layout: Layout,
+    *,
+    extra_roots: Iterable[str] = (),
+    remove_partial: bool = False,
+    dry_run: bool = False,
+) -> GcReport:
+    """Remove blobs no ref (or extra root) reaches, and temps of processes that died.
+
+    Partial downloads (``tmp/*.part``, ``*.part.json``) are kept for resuming unless
+    ``remove_partial``. Waits for every shared-lock holder (pulls, builds) to finish.
+    """
+    with layout.exclusive_lock():
+        roots = [d.digest for d in layout.entries()]
+        roots += [check_digest(r) for r in extra_roots]
+        marked = _mark(layout, roots)
+        removed, freed = [], 0
+        for path in sorted(layout.blobs_dir.iterdir()):
+            if not _HEX64.fullmatch(path.name) or not path.is_file():
+                continue  # not a blob name: fsck reports it, gc leaves it alone
+            if "sha256:" + path.name in marked:
+                continue
+            removed.append("sha256:" + path.name)
+            freed += path.stat().st_size
+            if not dry_run:
+                path.unlink()
+        if removed and not dry_run:
+            atomic.fsync_dir(layout.blobs_dir)
+        removed_temp, temp_bytes = _sweep_tmp(layout, remove_partial, dry_run)
+    return GcReport(removed, freed + temp_bytes, removed_temp)
+
+
+def fsck(layout: Layout) -> FsckReport:
+    """Rehash every blob and check every ref's manifest, config and layers are present."""
+    problems: list[str] = []
+    with layout.shared_lock():
+        try:
+            layout.check_layout()
+        except StoreError as e:
+            problems.append(str(e))
+        count, nbytes = _check_blobs(layout, problems)
+        try:
+            entries = layout.entries()
+        except StoreError as e:
+            problems.append(str(e))
+            entries = []
+        for entry in entries:
+            _check_image(layout, entry, problems)
+    return FsckReport(problems, count, nbytes)
+
+
+def _mark(layout: Layout, roots: Iterable[str]) -> set[str]:
+    """Every digest reachable from ``roots`` through manifests and disk parent chains."""
+    marked: set[str] = set()
+    work = list(roots)
+    while work:
+        digest = work.pop()
+        if digest not in marked:
+            marked.add(digest)
+            work.extend(_children(layout, digest))
+    return marked
+
+
+def _children(layout: Layout, digest: str) -> list[str]:
+    """What a blob keeps alive: a manifest's descriptors and parents, a qcow2's backing."""
+    path = layout.blob_path(digest)
+    try:
+        with path.open("rb") as f:
+            head = f.read(1)
+            f.seek(0)
+            if head == b"Q":
+                return _qcow2_backing(path)
+            if head != b"{" or os.fstat(f.fileno()).st_size > _MANIFEST_MAX:
+                return []
+            obj = json.loads(f.read())
+    except FileNotFoundError:
+        return []
+    except ValueError:
+        return []  # JSON-looking but not JSON: a config or evidence blob, not a manifest
+    if not isinstance(obj, dict) or not _is_manifest_like(obj):
+        return []
+    try:
+        descriptors = manifest_descriptors(obj)
+        return [d.digest for d in descriptors] + parents(descriptors)
+    except StoreError as e:
+        raise StoreError(
+            f"gc stopped, nothing removed: manifest {digest} is malformed ({e}); "
+            "run `imagekit fsck`"
+        ) from e
+
+
+def _sweep_tmp(layout: Layout, remove_partial: bool, dry_run: bool) -> tuple[list[str], int]:
+    removed, freed = [], 0
+    for path in sorted(layout.tmp_dir.iterdir()):
+        # A process's own temps (new-<pid>-*, including a scratch disk still filling as
+        # new-<pid>-*.qcow2.part) go when it is dead; resumable downloads (<hash>.part) are
+        # not tied to a pid and go only with ``remove_partial``.
+        m = _TEMP_RE.fullmatch(path.name)
+        if m is not None:
+            if _pid_alive(int(m[1])):
+                continue
+        elif not (remove_partial and path.name.endswith((".part", ".part.json"))):
+            continue
+        removed.append(path.name)
+        freed += _disk_usage(path)
+        if not dry_run:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    return removed, freed
+
+
+def _check_blobs(layout: Layout, problems: list[str]) -> tuple[int, int]:
+    count = nbytes = 0
+    if not layout.blobs_dir.is_dir():
+        problems.append(f"{layout.blobs_dir} is missing; every image must be pulled again")
+        return count, nbytes
+    for path in sorted(layout.blobs_dir.iterdir()):
+        st = path.lstat()
+        if not _HEX64.fullmatch(path.name) or not stat.S_ISREG(st.st_mode):
+            problems.append(
+                f"{path} is not a blob (its name is not a sha256 or it is not a regular "
+                "file); move it out of the store"
+            )
+            continue
+        if st.st_mode & 0o222:
+            problems.append(
+                f"blob sha256:{path.name} is writable (mode {stat.S_IMODE(st.st_mode):o}); "
+                f"run `chmod 0444 {path}`"
+            )
+        try:
+            with path.open("rb") as f:
+                actual = "sha256:" + hash_stream(f)["sha256"]
+        except OSError as e:
+            problems.append(f"blob sha256:{path.name} cannot be read ({e})")
+            continue
+        count += 1
+        nbytes += st.st_size
+        if actual != "sha256:" + path.name:
+            problems.append(
+                f"blob sha256:{path.name} is corrupt: its bytes hash to {actual}; delete "
+                f"{path} and pull the images that use it again"
+            )
+    return count, nbytes
+
+
+def _check_image(layout: Layout, entry: Descriptor, problems: list[str]) -> None:
+    ref = entry.annotations.get(REF_ANNOTATION, entry.digest)
+    if not layout.has_blob(entry.digest):
+        problems.append(
+            f"{ref}: manifest {entry.digest} is missing; pull the image again or untag it"
+        )
+        return
+    try:
+        descriptors = manifest_descriptors(layout.manifest(entry.digest))
+        wanted: list[tuple[str, str, int | None]] = [
+            (d.media_type, d.digest, d.size) for d in descriptors
+        ]
+        wanted += [("parent disk", p, None) for p in parents(descriptors)]
+    except StoreError as e:
+        problems.append(f"{ref}: {e}")
+        return
+    for kind, digest, size in wanted:
+        path = layout.blob_path(digest)
+        if not path.is_file():
+            problems.append(f"{ref}: {kind} blob {digest} is missing; pull the image again")
+        elif size is not None and path.stat().st_size != size:
+            problems.append(
+                f"{ref}: blob {digest} has {path.stat().st_size} bytes but the manifest "
+                f"says {size}; pull the image again"
+            )
+
+
+def _is_manifest_like(obj: dict[str, object]) -> bool:
+    if obj.get("mediaType") in (MEDIA_MANIFEST, MEDIA_INDEX):
+        return True
+    return obj.get("schemaVersion") == 2 and ("layers" in obj or "manifests" in obj)
+
+
+def _qcow2_backing(path: Path) -> list[str]:
+    """The blob a qcow2 overlay in the store names as its backing file, which qemu will open.
+
+    Followed by gc as well as the parent annotation, since deleting a live backing file
+    destroys every overlay on it.
+    """
+    name = os.path.basename(header.qcow2_backing_name(path) or "")
+    return ["sha256:" + name] if _HEX64.fullmatch(name) else []
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # alive, owned by another user
+    return True
+
+
+def _disk_usage(path: Path) -> int:
+    if path.is_dir() and not path.is_symlink():
+        return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_dir())
+    return path.lstat().st_size

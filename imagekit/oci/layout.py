@@ -1,0 +1,480 @@
+"""The local content-addressed store: an OCI image layout that skopeo, oras and registries read.
+
+Blobs are named by the sha256 of their bytes and never change; refs live in ``index.json``.
+Every write goes to ``tmp/`` first, is fsynced, then renamed into place, so a kill -9 at any
+instant leaves either the old or the new state. ``.lock`` is held shared by anything that adds
+to the store and exclusively by gc, so gc never sweeps a blob whose manifest is still being made.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from imagekit.core import atomic
+from imagekit.core.digest import canonical_json, hash_stream, hexpart, sha256_bytes
+from imagekit.core.locking import FileLock
+from imagekit.core.refs import DIGEST_RE, parse_ref
+from imagekit.errors import RecipeError, RefNotFoundError, StoreError
+from imagekit.oci.media import (
+    ARTIFACT_TYPE,
+    MEDIA_CONFIG,
+    MEDIA_INDEX,
+    MEDIA_MANIFEST,
+    PARENT_ANNOTATION,
+    REF_ANNOTATION,
+)
+
+LAYOUT_VERSION = "1.0.0"
+_HEX_PREFIX = re.compile(r"[0-9a-f]{12,64}")
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """An OCI descriptor: what a blob is, its digest and size, plus annotations."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A private copy, so a caller mutating its dict cannot change a stored descriptor.
+        object.__setattr__(self, "annotations", dict(self.annotations))
+
+    def to_json(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": self.digest,
+            "size": self.size,
+        }
+        if self.annotations:
+            obj["annotations"] = dict(self.annotations)
+        return obj
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Descriptor:
+        """Parse an OCI descriptor; StoreError if any field has the wrong type or form."""
+        if not isinstance(obj, dict):
+            raise StoreError(f"malformed descriptor {obj!r}: expected a JSON object")
+        media_type, digest, size = obj.get("mediaType"), obj.get("digest"), obj.get("size")
+        annotations = obj.get("annotations", {})
+        if not isinstance(media_type, str) or not media_type:
+            raise StoreError(f"malformed descriptor {obj!r}: mediaType must be a string")
+        if not isinstance(digest, str) or not re.fullmatch(DIGEST_RE, digest):
+            raise StoreError(f"malformed descriptor {obj!r}: digest must be sha256:<64 hex>")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise StoreError(f"malformed descriptor {obj!r}: size must be a non-negative integer")
+        if not isinstance(annotations, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+        ):
+            raise StoreError(f"malformed descriptor {obj!r}: annotations must map str to str")
+        return cls(media_type, digest, size, annotations)
+
+
+class Layout:
+    """The OCI image layout at ``root``: blobs, manifests, refs, temps and locks.
+
+    Creating one creates the layout if it is missing. It knows nothing of recipes or pulls: the
+    stages above write through it, and :class:`imagekit.Store` adds the workflows.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).absolute()
+        self.blobs_dir = self.root / "blobs" / "sha256"
+        self.tmp_dir = self.root / "tmp"
+        self.cache_dir = self.root / "cache"
+        self.locks_dir = self.root / "locks"
+        self._layout = self.root / "oci-layout"
+        self._index = self.root / "index.json"
+        try:
+            if self._layout.exists():
+                self.check_layout()
+            for d in (self.blobs_dir, self.tmp_dir, self.cache_dir, self.locks_dir):
+                d.mkdir(parents=True, exist_ok=True)
+            self._create_file(self._layout, canonical_json({"imageLayoutVersion": LAYOUT_VERSION}))
+            self._create_file(self._index, _index_bytes(_empty_index()))
+        except OSError as e:
+            raise StoreError(
+                f"cannot create the store at {self.root}: {e}; "
+                "set IMAGEKIT_HOME to a directory you can write"
+            ) from e
+
+    # --- blobs -----------------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs_dir / hexpart(check_digest(digest))
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def new_temp(self, suffix: str = "") -> Path:
+        """A fresh path in tmp/ (not created); its pid lets gc tell abandoned temps from live."""
+        return self.tmp_dir / f"new-{os.getpid()}-{secrets.token_hex(8)}{suffix}"
+
+    def commit_file(
+        self,
+        path: Path,
+        digest: str,
+        media_type: str,
+        *,
+        annotations: Mapping[str, str] | None = None,
+        verify: bool = False,
+    ) -> Descriptor:
+        """Move a finished temp file into blobs/; the first writer of a digest wins.
+
+        With ``verify=False`` the caller vouches for ``digest`` (it hashed while writing).
+        """
+        dest = self.blob_path(digest)
+        if not path.resolve().is_relative_to(self.tmp_dir.resolve()):
+            raise StoreError(
+                f"refusing to commit {path}: only files under {self.tmp_dir} can be moved into "
+                "the store; write the data to a Store.new_temp() path first"
+            )
+        try:
+            if dest.exists():
+                path.unlink()
+            else:
+                _seal(path, digest if verify else None)
+                os.rename(path, dest)
+                atomic.fsync_dir(self.blobs_dir)
+            size = dest.stat().st_size
+        except OSError as e:
+            raise StoreError(f"cannot store {path} as {digest}: {e}") from e
+        return Descriptor(media_type, digest, size, annotations or {})
+
+    def add_bytes(
+        self, data: bytes, media_type: str, annotations: Mapping[str, str] | None = None
+    ) -> Descriptor:
+        digest = sha256_bytes(data)
+        temp = self.new_temp()
+        try:
+            try:
+                atomic.write_new(temp, data)
+            except OSError as e:
+                raise write_error(e, temp) from e
+            return self.commit_file(temp, digest, media_type, annotations=annotations)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def add_json(self, obj: Any, media_type: str) -> Descriptor:
+        return self.add_bytes(canonical_json(obj), media_type)
+
+    def read_blob(self, digest: str) -> bytes:
+        """The bytes of a (small) blob, checked against its digest on the way out."""
+        path = self.blob_path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise StoreError(
+                f"blob {digest} is missing from the store at {self.root}; "
+                "pull the image that needs it again, and run `imagekit fsck`"
+            ) from None
+        if sha256_bytes(data) != digest:
+            raise StoreError(f"blob {digest} is corrupt ({path}); run `imagekit fsck`")
+        return data
+
+    def read_json(self, digest: str) -> Any:
+        try:
+            return json.loads(self.read_blob(digest))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise StoreError(f"blob {digest} is not valid JSON ({e}); run `imagekit fsck`") from e
+
+    # --- manifests -------------------------------------------------------------------------
+
+    def write_manifest(
+        self,
+        config: Mapping[str, Any],
+        layers: Sequence[Descriptor],
+        annotations: Mapping[str, str] | None = None,
+        *,
+        subject: Descriptor | None = None,
+    ) -> Descriptor:
+        """Store config and manifest; every layer must already be in the store.
+
+        ``subject`` names the manifest this one was built from (OCI 1.1): it keeps the base's
+        provenance alive for gc and lets registries list builds as referrers of their base.
+        """
+        for layer in [*layers, *([subject] if subject else [])]:
+            if not self.has_blob(layer.digest):
+                raise StoreError(
+                    f"cannot write a manifest: layer {layer.digest} ({layer.media_type}) "
+                    "is not in the store; commit it first"
+                )
+        config_desc = self.add_json(dict(config), MEDIA_CONFIG)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_MANIFEST,
+            "artifactType": ARTIFACT_TYPE,
+            "config": config_desc.to_json(),
+            "layers": [layer.to_json() for layer in layers],
+            "annotations": dict(annotations or {}),
+        }
+        if subject is not None:
+            manifest["subject"] = subject.to_json()
+        return self.add_json(manifest, MEDIA_MANIFEST)
+
+    def manifest(self, digest: str) -> dict[str, Any]:
+        """The parsed manifest, with its config and layer descriptors validated."""
+        obj = self.read_json(digest)
+        try:
+            if isinstance(obj, dict) and obj.get("mediaType") == MEDIA_INDEX:
+                raise StoreError("it is an image index, not an image manifest")
+            manifest_descriptors(obj)
+        except StoreError as e:
+            raise StoreError(f"manifest {digest} is malformed: {e}; run `imagekit fsck`") from e
+        return cast(dict[str, Any], obj)
+
+    # --- refs ------------------------------------------------------------------------------
+
+    def tag(self, ref: str, manifest: Descriptor) -> None:
+        """Point ``ref`` at ``manifest``, replacing what it pointed at before."""
+        name = str(parse_ref(ref))
+        if not self.has_blob(manifest.digest):
+            raise StoreError(f"cannot tag {name}: manifest {manifest.digest} is not in the store")
+        entry = Descriptor(
+            manifest.media_type,
+            manifest.digest,
+            manifest.size,
+            {**manifest.annotations, REF_ANNOTATION: name},
+        )
+        with self._index_lock():
+            index = self._load_index()
+            kept = [m for m in index["manifests"] if _ref_of(m) != name]
+            index["manifests"] = [*kept, entry.to_json()]
+            self._replace_file(self._index, _index_bytes(index))
+
+    def untag(self, ref: str) -> Descriptor:
+        """Remove ``ref`` (a bare name means ``name:latest``); the blobs stay until gc."""
+        name = str(parse_ref(ref))
+        with self._index_lock():
+            index = self._load_index()
+            gone = [m for m in index["manifests"] if _ref_of(m) == name]
+            if not gone:
+                raise self._not_found(name)
+            index["manifests"] = [m for m in index["manifests"] if _ref_of(m) != name]
+            self._replace_file(self._index, _index_bytes(index))
+        return Descriptor.from_json(gone[-1])
+
+    def refs(self) -> list[tuple[str, Descriptor]]:
+        """Every tagged ref and its manifest descriptor, sorted by ref."""
+        found: dict[str, Descriptor] = {}
+        for obj in self._load_index()["manifests"]:
+            ref = _ref_of(obj)
+            if ref is not None:
+                found[ref] = Descriptor.from_json(obj)
+        return sorted(found.items())
+
+    def resolve(self, ref_or_digest: str) -> Descriptor:
+        """Find a manifest by ``name:tag``, ``name``, digest, or a digest prefix of 12+ hex."""
+        text = ref_or_digest
+        if text.startswith("sha256:"):
+            hexpart = text.removeprefix("sha256:")
+            if not _HEX_PREFIX.fullmatch(hexpart):
+                raise RecipeError(
+                    f"invalid digest {text!r}: expected 'sha256:' followed by 12 to 64 "
+                    "lowercase hex digits"
+                )
+            return self._resolve_digest(hexpart)
+        ref = parse_ref(text)
+        refs = dict(self.refs())
+        if ":" in text:
+            if str(ref) in refs:
+                return refs[str(ref)]
+            raise self._not_found(str(ref))
+        same_name = [r for r in refs if r.partition(":")[0] == ref.name]
+        if len(same_name) == 1:
+            return refs[same_name[0]]
+        if str(ref) in refs:
+            return refs[str(ref)]
+        if same_name:
+            raise RefNotFoundError(
+                f"{text!r} is ambiguous: it has tags {', '.join(same_name)} and none is "
+                f"'latest'; name one, e.g. {same_name[0]!r}"
+            )
+        if _HEX_PREFIX.fullmatch(text):
+            return self._resolve_digest(text)
+        raise self._not_found(text)
+
+    # --- locks -----------------------------------------------------------------------------
+
+    def shared_lock(self, *, timeout: float | None = None) -> FileLock:
+        """Held by pulls and builds for their whole run, so gc waits for them."""
+        return FileLock(self.root / ".lock", shared=True, timeout=timeout)
+
+    def exclusive_lock(self, *, timeout: float | None = None) -> FileLock:
+        """Held by gc: no pull or build is between adding blobs and tagging them."""
+        return FileLock(self.root / ".lock", shared=False, timeout=timeout)
+
+    def digest_lock(self, key: str, *, timeout: float | None = None) -> FileLock:
+        """An exclusive lock per key (e.g. one download per expected digest)."""
+        safe = re.sub(r"[^A-Za-z0-9._-]", "-", key)
+        if not safe or safe.startswith(".") or len(safe) > 128:
+            safe = "key-" + hexpart(sha256_bytes(key.encode()))
+        return FileLock(self.locks_dir / f"{safe}.lock", timeout=timeout)
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _index_lock(self) -> FileLock:
+        return FileLock(self.locks_dir / "index.lock")
+
+    def check_layout(self) -> None:
+        try:
+            obj = json.loads(self._layout.read_bytes())
+        except (OSError, ValueError) as e:
+            raise StoreError(
+                f"{self._layout} is unreadable ({e}); if {self.root} is an imagekit store, "
+                'restore the file as {"imageLayoutVersion": "1.0.0"}'
+            ) from e
+        version = obj.get("imageLayoutVersion") if isinstance(obj, dict) else None
+        if version != LAYOUT_VERSION:
+            raise StoreError(
+                f"{self.root} holds an OCI layout of version {version!r}, not {LAYOUT_VERSION!r}; "
+                "point IMAGEKIT_HOME at another directory"
+            )
+
+    def _load_index(self) -> dict[str, Any]:
+        """index.json, validated; StoreError sends the user to fsck when it is damaged."""
+        try:
+            obj = json.loads(self._index.read_bytes())
+            if not isinstance(obj, dict) or obj.get("schemaVersion") != 2:
+                raise StoreError("not an OCI index with schemaVersion 2")
+            if not isinstance(obj.get("manifests"), list):
+                raise StoreError("'manifests' is not a list")
+            for entry in obj["manifests"]:
+                Descriptor.from_json(entry)
+        except (OSError, ValueError, StoreError) as e:
+            raise StoreError(
+                f"{self._index} is damaged ({e}); run `imagekit fsck`, then restore it "
+                "from a backup or re-tag your images"
+            ) from e
+        return obj
+
+    def entries(self) -> list[Descriptor]:
+        return [Descriptor.from_json(m) for m in self._load_index()["manifests"]]
+
+    def _resolve_digest(self, hexpart: str) -> Descriptor:
+        entries = sorted(self.entries(), key=lambda d: d.annotations.get(REF_ANNOTATION, ""))
+        digests = sorted({d.digest for d in entries if d.digest[7:].startswith(hexpart)})
+        if len(digests) == 1:
+            return next(d for d in entries if d.digest == digests[0])
+        if digests:
+            raise RefNotFoundError(
+                f"digest prefix {hexpart!r} matches {len(digests)} images "
+                f"({', '.join(d[:19] for d in digests)}); type more of the digest"
+            )
+        digest = "sha256:" + hexpart
+        if len(hexpart) == 64 and self.has_blob(digest):
+            self.manifest(digest)  # untagged but present, e.g. kept by the build cache
+            return Descriptor(MEDIA_MANIFEST, digest, self.blob_path(digest).stat().st_size)
+        raise RefNotFoundError(
+            f"no image with digest {'sha256:' + hexpart!r} in {self.root}; "
+            "check the digest, or pull the image first"
+        )
+
+    def _not_found(self, wanted: str) -> RefNotFoundError:
+        refs = [r for r, _ in self.refs()]
+        if not refs:
+            return RefNotFoundError(
+                f"no image {wanted!r}: the store at {self.root} is empty; pull one first"
+            )
+        name = wanted.partition(":")[0]
+        close = [r for r in refs if name in r] + difflib.get_close_matches(wanted, refs, 5, 0.5)
+        shown = list(dict.fromkeys(close))[:10]
+        if shown:
+            return RefNotFoundError(f"no image {wanted!r}; close matches: {', '.join(shown)}")
+        more = f" and {len(refs) - 10} more" if len(refs) > 10 else ""
+        return RefNotFoundError(f"no image {wanted!r}; the store has: {', '.join(refs[:10])}{more}")
+
+    def _create_file(self, path: Path, data: bytes) -> None:
+        """Create ``path`` with ``data`` unless it exists: link never clobbers a racing creator."""
+        atomic.create_file(path, data, temp=self.new_temp())
+
+    def _replace_file(self, path: Path, data: bytes) -> None:
+        try:
+            atomic.replace_file(path, data, temp=self.new_temp())
+        except OSError as e:
+            raise write_error(e, path) from e
+
+
+def write_error(error: OSError, path: Path) -> StoreError:
+    """A typed error for a failed write; the old state is untouched (temp file + rename)."""
+    if atomic.disk_full(error):
+        return StoreError(
+            f"disk full while writing {path}: free space in {path.parent} (or run `imagekit gc "
+            "--partial`) and run again; the store was not changed"
+        )
+    return StoreError(f"cannot write {path}: {error.strerror or error}")
+
+
+def check_digest(digest: str) -> str:
+    if not re.fullmatch(DIGEST_RE, digest):
+        raise StoreError(f"malformed digest {digest!r}: expected sha256:<64 lowercase hex>")
+    return digest
+
+
+def _empty_index() -> dict[str, Any]:
+    return {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": []}
+
+
+def _index_bytes(index: Mapping[str, Any]) -> bytes:
+    """index.json is edited by people and diffed, so it is indented, unlike blobs."""
+    return (json.dumps(index, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def _ref_of(entry: Any) -> str | None:
+    annotations = entry.get("annotations") if isinstance(entry, dict) else None
+    ref = annotations.get(REF_ANNOTATION) if isinstance(annotations, dict) else None
+    return ref if isinstance(ref, str) else None
+
+
+def manifest_descriptors(obj: Any) -> list[Descriptor]:
+    """The descriptors a manifest (or nested index) references; StoreError if malformed."""
+    if not isinstance(obj, dict) or obj.get("schemaVersion") != 2:
+        raise StoreError("not an OCI manifest with schemaVersion 2")
+    if obj.get("mediaType") == MEDIA_INDEX:
+        items = obj.get("manifests")
+    else:
+        if obj.get("mediaType", MEDIA_MANIFEST) != MEDIA_MANIFEST:
+            raise StoreError(f"unexpected mediaType {obj.get('mediaType')!r}")
+        items = obj.get("layers")
+        if not isinstance(items, list):
+            raise StoreError("'layers' is not a list")
+        items = [obj.get("config"), *items, *([obj["subject"]] if "subject" in obj else [])]
+    if not isinstance(items, list):
+        raise StoreError("'manifests' is not a list")
+    annotations = obj.get("annotations", {})
+    if not isinstance(annotations, dict):
+        raise StoreError("'annotations' is not an object")
+    return [Descriptor.from_json(item) for item in items]
+
+
+def parents(descriptors: Iterable[Descriptor]) -> list[str]:
+    """The parent digests named by overlay layers; StoreError if one is malformed."""
+    return [
+        check_digest(d.annotations[PARENT_ANNOTATION])
+        for d in descriptors
+        if PARENT_ANNOTATION in d.annotations
+    ]
+
+
+def _seal(path: Path, expected: str | None) -> None:
+    """Make a temp file durable and read-only, checking its digest first if asked to."""
+    with path.open("rb") as f:
+        if expected is not None:
+            actual = "sha256:" + hash_stream(f)["sha256"]
+            if actual != expected:
+                path.unlink()
+                raise StoreError(
+                    f"{path.name} hashes to {actual}, not the expected {expected}; the data is "
+                    "corrupt or changed upstream, so it was deleted: fetch it again"
+                )
+        os.fsync(f.fileno())
+        os.fchmod(f.fileno(), 0o444)

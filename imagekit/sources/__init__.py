@@ -1,0 +1,1 @@
+"""Where a base image comes from, one module per recipe source kind."""

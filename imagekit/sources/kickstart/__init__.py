@@ -1,0 +1,1 @@
+"""Kickstart builds: the distribution's installer, unattended, in a throwaway VM."""

@@ -1,0 +1,1 @@
+"""Proof: checksum files, OpenPGP signatures by pinned keys, and the levels they reach."""
