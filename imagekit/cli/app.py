@@ -85,17 +85,3 @@ def human_size(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
-
-
-def main() -> None:
-    """Console entry point: map typed errors to one line and an exit code."""
-    from imagekit.cli import build, images, recipes  # noqa: F401  (each registers its commands)
-
-    try:
-        app()
-    except ImagekitError as exc:
-        typer.echo(f"imagekit: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("imagekit: interrupted", err=True)
-        sys.exit(130)
