@@ -90,7 +90,7 @@ def test_an_invalid_config_value_is_a_one_line_error(
     config_home: Path, tmp_path: Path, text: str, message: str
 ) -> None:
     write_config(config_home, text)
-    with pytest.raises(imagekit.RecipeError, match="config.toml") as error:
+    with pytest.raises(imagekit.RecipeError, match=r"config\.toml") as error:
         imagekit.open_store()
     assert message in str(error.value)
 

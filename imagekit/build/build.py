@@ -64,7 +64,11 @@ def build(builder: Builder, recipe: Recipe, *, tag: str | None = None) -> BuildR
         base_dir = recipe.path.parent if recipe.path else Path.cwd()
         added = apply_steps(builder.step_run(base_dir), base, steps, reports)
         key = identity(
-            {"recipe": recipe.digest, "layers": [d.digest for d in added.disks], "base": base.digest}
+            {
+                "recipe": recipe.digest,
+                "layers": [d.digest for d in added.disks],
+                "base": base.digest,
+            }
         )
         config = {
             **provenance.recipe_config(recipe),
@@ -176,7 +180,9 @@ def _scratch_base(builder: Builder, recipe: Recipe, source: ScratchSource) -> tu
     """Scratch disks are not bit-identical (ext4 UUIDs, timestamps): the key lock makes a
     concurrent identical build wait for the first one's disk and reuse it."""
     session, cache = builder.session, builder.cache
-    key = identity({"scratch": scratch.scratch_identity(source), "code": scratch.SCRATCH_CODE_VERSION})
+    key = identity(
+        {"scratch": scratch.scratch_identity(source), "code": scratch.SCRATCH_CODE_VERSION}
+    )
     with session.layout.digest_lock(f"build-{hexpart(key)}"):
         hit = cache.get(key) if builder.use_cache else None
         if hit is not None:

@@ -128,7 +128,9 @@ def _run_step(
             if grow_to is not None:
                 grow.grow_filesystems(handle)
             inspected = appliance.mount_inspected(handle)
-            result = customize.apply_step(handle, step, base_dir=run.base_dir, progress=run.progress)
+            result = customize.apply_step(
+                handle, step, base_dir=run.base_dir, progress=run.progress
+            )
             handle.shutdown()
         finally:
             handle.close()

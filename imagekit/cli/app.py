@@ -17,7 +17,6 @@ from typing import Annotated, Any
 import typer
 
 import imagekit
-from imagekit.errors import ImagekitError
 from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
 
 app = typer.Typer(
