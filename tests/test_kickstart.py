@@ -19,9 +19,12 @@ import imagekit
 from imagekit.build import BuildResult
 from imagekit.errors import CustomizeError, RecipeError, VerificationError
 from imagekit.guest import vm as installer
+from imagekit.oci.media import MEDIA_EVIDENCE_CONSOLE_LOG, MEDIA_EVIDENCE_KICKSTART
 from imagekit.recipe import HttpSource, KickstartSource, load_recipe, load_recipe_string
 from imagekit.sources.http import FetchOptions, Session
 from imagekit.sources.kickstart import install as kickstart
+from imagekit.sources.kickstart.iso import read_boot_files
+from imagekit.sources.kickstart.validate import render, syntax_version, validate
 from imagekit.store import Store
 from imagekit.verify.openpgp import key_fingerprints
 from tests.conftest import REPO
@@ -135,8 +138,8 @@ def test_install_is_stored_with_provenance(oemdrv: Built, tmp_path: Path) -> Non
     media = [layer["mediaType"] for layer in image.manifest["layers"]]
     assert media == [
         "application/vnd.imagekit.disk.qcow2",
-        kickstart.MEDIA_EVIDENCE_KICKSTART,
-        kickstart.MEDIA_EVIDENCE_CONSOLE_LOG,
+        MEDIA_EVIDENCE_KICKSTART,
+        MEDIA_EVIDENCE_CONSOLE_LOG,
     ]
     assert read_file(oemdrv.store, image.disk_digest, "/etc/hostname", tmp_path) == "ks-test-1\n"
     assert read_file(oemdrv.store, image.disk_digest, "/etc/imagekit-arch", tmp_path) == "x86_64\n"
@@ -192,8 +195,8 @@ def test_kickstart_error_is_found_before_anything_boots(
 def test_kickstart_that_waits_for_a_human_needs_force(tmp_path: Path) -> None:
     interactive = KICKSTART.replace("text\nreboot\n", "")
     with pytest.raises(RecipeError, match="force = true"):
-        kickstart.validate(interactive, "F41")
-    kickstart.validate(interactive, "F41", force=True)
+        validate(interactive, "F41")
+    validate(interactive, "F41", force=True)
 
 
 def test_local_iso_must_match_its_pin(tmp_path: Path, isos: dict[str, Path]) -> None:
@@ -254,14 +257,14 @@ def test_installer_traceback_ends_the_build_early(tmp_path: Path, isos: dict[str
 
 
 def test_treeinfo_names_the_boot_files(isos: dict[str, Path]) -> None:
-    boot = kickstart.read_boot_files(isos["install"], "x86_64")
+    boot = read_boot_files(isos["install"], "x86_64")
     assert (boot.kernel, boot.initrd, boot.volume_id) == (
         "images/pxeboot/vmlinuz",
         "images/pxeboot/initrd.img",
         LABEL,
     )
     with pytest.raises(CustomizeError, match="an installer for x86_64, not aarch64"):
-        kickstart.read_boot_files(isos["install"], "aarch64")
+        read_boot_files(isos["install"], "aarch64")
 
 
 def test_bundled_kickstart_validates() -> None:
@@ -269,12 +272,12 @@ def test_bundled_kickstart_validates() -> None:
     source = recipe.source
     assert isinstance(source, KickstartSource)
     assert source.installer_recipe == "fedora-server-dvd:41"
-    assert kickstart.syntax_version(source, recipe.version) == "F41"
-    text = kickstart.render(
+    assert syntax_version(source, recipe.version) == "F41"
+    text = render(
         source.kickstart.read_text(), {"name": recipe.name, "version": "41", "arch": "x86_64"}
     )
     assert "--hostname=fedora-server-ks" in text
-    kickstart.validate(text, "F41")
+    validate(text, "F41")
     for name in ("fedora-server-dvd", "fedora-server-netinst"):
         installer_source = load_recipe(name).source
         assert isinstance(installer_source, HttpSource)

@@ -8,13 +8,11 @@ to the store and exclusively by gc, so gc never sweeps a blob whose manifest is 
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,7 +20,9 @@ from imagekit.core import atomic
 from imagekit.core.digest import canonical_json, hash_stream, hexpart, sha256_bytes
 from imagekit.core.locking import FileLock
 from imagekit.core.refs import DIGEST_RE, parse_ref
-from imagekit.errors import RecipeError, RefNotFoundError, StoreError
+from imagekit.errors import StoreError
+from imagekit.oci import lookup
+from imagekit.oci.descriptor import Descriptor as Descriptor  # re-exported: callers import it here
 from imagekit.oci.media import (
     ARTIFACT_TYPE,
     MEDIA_CONFIG,
@@ -33,50 +33,6 @@ from imagekit.oci.media import (
 )
 
 LAYOUT_VERSION = "1.0.0"
-_HEX_PREFIX = re.compile(r"[0-9a-f]{12,64}")
-
-
-@dataclass(frozen=True)
-class Descriptor:
-    """An OCI descriptor: what a blob is, its digest and size, plus annotations."""
-
-    media_type: str
-    digest: str
-    size: int
-    annotations: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # A private copy, so a caller mutating its dict cannot change a stored descriptor.
-        object.__setattr__(self, "annotations", dict(self.annotations))
-
-    def to_json(self) -> dict[str, Any]:
-        obj: dict[str, Any] = {
-            "mediaType": self.media_type,
-            "digest": self.digest,
-            "size": self.size,
-        }
-        if self.annotations:
-            obj["annotations"] = dict(self.annotations)
-        return obj
-
-    @classmethod
-    def from_json(cls, obj: Any) -> Descriptor:
-        """Parse an OCI descriptor; StoreError if any field has the wrong type or form."""
-        if not isinstance(obj, dict):
-            raise StoreError(f"malformed descriptor {obj!r}: expected a JSON object")
-        media_type, digest, size = obj.get("mediaType"), obj.get("digest"), obj.get("size")
-        annotations = obj.get("annotations", {})
-        if not isinstance(media_type, str) or not media_type:
-            raise StoreError(f"malformed descriptor {obj!r}: mediaType must be a string")
-        if not isinstance(digest, str) or not re.fullmatch(DIGEST_RE, digest):
-            raise StoreError(f"malformed descriptor {obj!r}: digest must be sha256:<64 hex>")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise StoreError(f"malformed descriptor {obj!r}: size must be a non-negative integer")
-        if not isinstance(annotations, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
-        ):
-            raise StoreError(f"malformed descriptor {obj!r}: annotations must map str to str")
-        return cls(media_type, digest, size, annotations)
 
 
 class Layout:
@@ -258,7 +214,7 @@ class Layout:
             index = self._load_index()
             gone = [m for m in index["manifests"] if _ref_of(m) == name]
             if not gone:
-                raise self._not_found(name)
+                raise lookup.not_found(self, name)
             index["manifests"] = [m for m in index["manifests"] if _ref_of(m) != name]
             self._replace_file(self._index, _index_bytes(index))
         return Descriptor.from_json(gone[-1])
@@ -274,34 +230,7 @@ class Layout:
 
     def resolve(self, ref_or_digest: str) -> Descriptor:
         """Find a manifest by ``name:tag``, ``name``, digest, or a digest prefix of 12+ hex."""
-        text = ref_or_digest
-        if text.startswith("sha256:"):
-            hexpart = text.removeprefix("sha256:")
-            if not _HEX_PREFIX.fullmatch(hexpart):
-                raise RecipeError(
-                    f"invalid digest {text!r}: expected 'sha256:' followed by 12 to 64 "
-                    "lowercase hex digits"
-                )
-            return self._resolve_digest(hexpart)
-        ref = parse_ref(text)
-        refs = dict(self.refs())
-        if ":" in text:
-            if str(ref) in refs:
-                return refs[str(ref)]
-            raise self._not_found(str(ref))
-        same_name = [r for r in refs if r.partition(":")[0] == ref.name]
-        if len(same_name) == 1:
-            return refs[same_name[0]]
-        if str(ref) in refs:
-            return refs[str(ref)]
-        if same_name:
-            raise RefNotFoundError(
-                f"{text!r} is ambiguous: it has tags {', '.join(same_name)} and none is "
-                f"'latest'; name one, e.g. {same_name[0]!r}"
-            )
-        if _HEX_PREFIX.fullmatch(text):
-            return self._resolve_digest(text)
-        raise self._not_found(text)
+        return lookup.resolve(self, ref_or_digest)
 
     # --- locks -----------------------------------------------------------------------------
 
@@ -359,39 +288,6 @@ class Layout:
 
     def entries(self) -> list[Descriptor]:
         return [Descriptor.from_json(m) for m in self._load_index()["manifests"]]
-
-    def _resolve_digest(self, hexpart: str) -> Descriptor:
-        entries = sorted(self.entries(), key=lambda d: d.annotations.get(REF_ANNOTATION, ""))
-        digests = sorted({d.digest for d in entries if d.digest[7:].startswith(hexpart)})
-        if len(digests) == 1:
-            return next(d for d in entries if d.digest == digests[0])
-        if digests:
-            raise RefNotFoundError(
-                f"digest prefix {hexpart!r} matches {len(digests)} images "
-                f"({', '.join(d[:19] for d in digests)}); type more of the digest"
-            )
-        digest = "sha256:" + hexpart
-        if len(hexpart) == 64 and self.has_blob(digest):
-            self.manifest(digest)  # untagged but present, e.g. kept by the build cache
-            return Descriptor(MEDIA_MANIFEST, digest, self.blob_path(digest).stat().st_size)
-        raise RefNotFoundError(
-            f"no image with digest {'sha256:' + hexpart!r} in {self.root}; "
-            "check the digest, or pull the image first"
-        )
-
-    def _not_found(self, wanted: str) -> RefNotFoundError:
-        refs = [r for r, _ in self.refs()]
-        if not refs:
-            return RefNotFoundError(
-                f"no image {wanted!r}: the store at {self.root} is empty; pull one first"
-            )
-        name = wanted.partition(":")[0]
-        close = [r for r in refs if name in r] + difflib.get_close_matches(wanted, refs, 5, 0.5)
-        shown = list(dict.fromkeys(close))[:10]
-        if shown:
-            return RefNotFoundError(f"no image {wanted!r}; close matches: {', '.join(shown)}")
-        more = f" and {len(refs) - 10} more" if len(refs) > 10 else ""
-        return RefNotFoundError(f"no image {wanted!r}; the store has: {', '.join(refs[:10])}{more}")
 
     def _create_file(self, path: Path, data: bytes) -> None:
         """Create ``path`` with ``data`` unless it exists: link never clobbers a racing creator."""
