@@ -18,7 +18,7 @@ from pathlib import Path
 
 from imagekit.core import atomic
 from imagekit.core.digest import hash_stream
-from imagekit.disk import header
+from imagekit.disk import qcow2
 from imagekit.errors import StoreError
 from imagekit.oci.layout import Descriptor, Layout, check_digest, manifest_descriptors, parents
 from imagekit.oci.media import MEDIA_INDEX, MEDIA_MANIFEST, REF_ANNOTATION
@@ -236,7 +236,7 @@ def _qcow2_backing(path: Path) -> list[str]:
     Followed by gc as well as the parent annotation, since deleting a live backing file
     destroys every overlay on it.
     """
-    name = os.path.basename(header.qcow2_backing_name(path) or "")
+    name = os.path.basename(qcow2.backing_name(path) or "")
     return ["sha256:" + name] if _HEX64.fullmatch(name) else []
 
 
