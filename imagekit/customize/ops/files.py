@@ -6,14 +6,13 @@ one rebuilds the layer; they land owned by root, since a host uid means nothing 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from imagekit.core.digest import hash_file
+from imagekit.core.digest import hash_file, tree_digest
 from imagekit.customize.context import Context, local_path
 from imagekit.customize.spec import ArgKind, OperationSpec, check_guest_path, each, split_fields
 from imagekit.errors import CustomizeError, RecipeError
@@ -74,26 +73,13 @@ def _upload_canon(value: str, base_dir: Path) -> object:
     }
 
 
-def _tree_digest(root: Path) -> str:
-    """Hash of names, types, modes, contents and link targets: what copy_in puts in the guest."""
-    digest = hashlib.sha256()
-    paths = [root, *sorted(root.rglob("*"))] if root.is_dir() and not root.is_symlink() else [root]
-    for path in paths:
-        rel = path.relative_to(root.parent).as_posix()
-        st = path.lstat()
-        if path.is_symlink():
-            entry = f"l {rel} {os.readlink(path)}"
-        elif path.is_dir():
-            entry = f"d {rel} {st.st_mode & 0o7777:o}"
-        else:
-            entry = f"f {rel} {st.st_mode & 0o7777:o} {hash_file(path)['sha256']}"
-        digest.update(entry.encode("utf-8", "surrogateescape") + b"\0")
-    return digest.hexdigest()
-
-
 def _copy_in_canon(value: str, base_dir: Path) -> object:
+    """What lands in DEST: an entry named after the local path, a link, or a file/tree and mode."""
     local, dest = value.split(":", 1)
-    return {"tree": _tree_digest(_existing(local_path(local, base_dir), "copy_in")), "dest": dest}
+    path = _existing(local_path(local, base_dir), "copy_in")
+    if path.is_symlink():  # tar keeps it a link
+        return {"name": path.name, "link": os.readlink(path), "dest": dest}
+    return {"name": path.name, "tree": tree_digest(path), "mode": _mode(path), "dest": dest}
 
 
 def _apply_upload(ctx: Context, value: str) -> None:
@@ -153,7 +139,7 @@ OPERATIONS = (
         each(lambda ctx, path: ctx.g.mkdir_p(path)), check=check_guest_path),
     OperationSpec("copy_in", _LIST, "LOCALPATH:REMOTEDIR", "copy a local file or tree into an "
         "existing guest directory, owned by root", each(_apply_copy_in),
-        check=_check_local_remote("LOCALPATH:REMOTEDIR"), canon=_copy_in_canon),
+        check=_check_local_remote("LOCALPATH:REMOTEDIR"), canon=_copy_in_canon, version=2),
     OperationSpec("upload", _LIST, "FILE:DEST", "upload a local file, keeping its mode, owned by "
         "root", each(_apply_upload), check=_check_local_remote("FILE:DEST"),
         canon=_upload_canon),
