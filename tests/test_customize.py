@@ -22,12 +22,12 @@ from imagekit.customize import (
     StepResult,
     apply_step,
     canonical_step,
-    firstboot,
     grow_size,
     manifest_step,
     needs_network,
     parse_step,
 )
+from imagekit.customize.ops import firstboot
 from imagekit.errors import CustomizeError, RecipeError
 from imagekit.guest import appliance as guest
 from imagekit.guest import grow

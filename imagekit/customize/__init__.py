@@ -1,22 +1,24 @@
-"""Customization: one table of operations drives recipe steps, CLI flags, docs and the guest."""
+"""Customization: one table of operations drives recipe steps, CLI flags, docs and the guest.
 
+spec (what an operation is) → ops/* (the operations, one module per subject) → table (their
+application order) → steps (parse, build key, manifest, docs) → apply (in the guest).
+"""
+
+from imagekit.customize.apply import apply_step
+from imagekit.customize.context import StepResult
+from imagekit.customize.ops.passwords import sha512_crypt
+from imagekit.customize.spec import ArgKind, Operation, OperationSpec
 from imagekit.customize.steps import (
-    OPERATIONS,
     STEP_CODE_VERSION,
-    ArgKind,
-    Operation,
-    OperationSpec,
     Step,
-    StepResult,
-    apply_step,
     canonical_step,
     grow_size,
     manifest_step,
     needs_network,
     parse_step,
     reference,
-    sha512_crypt,
 )
+from imagekit.customize.table import OPERATIONS
 
 __all__ = [
     "OPERATIONS",
