@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imagekit.recipe.schema import DISK, KICKSTART, SCRATCH
+from imagekit.recipe.schema import DISK, HTTP, KICKSTART, SCRATCH
 from imagekit.verify.policy import PINNED, SIGNED, UNVERIFIED
 
 
@@ -56,8 +56,8 @@ class HttpSource:
     keys: tuple[Path, ...] = ()
     fingerprints: tuple[str, ...] = ()
     pinned: Mapping[str, str] = field(default_factory=dict)  # algorithm -> hex
-    insecure: bool = False
-    format: str = "qcow2"
+    insecure: bool = HTTP.default("insecure")
+    format: str = HTTP.default("format")
     filename: str = ""  # the name the checksum file lists; defaults to the URL's last component
     mirror_root: str = ""  # the URL prefix that ``--mirror`` replaces
     level: str = ""  # the verification level the recipe requires ("": whatever the evidence is)
@@ -125,10 +125,10 @@ class KickstartSource:
     timeout: float = KICKSTART.default("timeout")
     inactivity: float = KICKSTART.default("inactivity")
     delivery: str = KICKSTART.default("delivery")
-    kernel_args: tuple[str, ...] = ()
-    syntax: str = ""  # pykickstart version (F41, RHEL9); "" = from the recipe's version
-    compress: bool = False
-    force: bool = False
+    kernel_args: tuple[str, ...] = KICKSTART.default("kernel_args")
+    syntax: str = KICKSTART.default("syntax")  # pykickstart version; "" = from the recipe's
+    compress: bool = KICKSTART.default("compress")
+    force: bool = KICKSTART.default("force")
 
     kind = "kickstart"
 

@@ -50,7 +50,10 @@ class Table:
     example: str = ""  # what the table looks like, for the error when the value is not a table
 
     def key(self, name: str) -> Key:
-        return next(key for key in self.keys if key.name == name)
+        for key in self.keys:
+            if key.name == name:
+                return key
+        raise KeyError(f"{self.title} has no key {name!r}")
 
     def default(self, name: str) -> Any:
         """The value ``name`` has when a recipe does not set it, as the loader reads it."""
