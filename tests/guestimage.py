@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.sources.scratch import ScratchSpec, make_scratch_disk
+from imagekit.recipe import ScratchSource
+from imagekit.sources.scratch import make_scratch_disk
 from tests.events import Events
 
 APPLETS = ["sh", "ls", "cat", "mkdir", "chmod", "echo", "ln", "touch", "true", "id", "rm", "mv"]
@@ -87,6 +88,6 @@ def guest_image(tmp_path_factory: pytest.TempPathFactory) -> GuestImage:
     build_guest_tree(work / "tree")
     disk = work / "base.qcow2"
     events = Events()
-    make_scratch_disk(ScratchSpec(size=SIZE, content=work / "tree"), disk, progress=events)
+    make_scratch_disk(ScratchSource(size=SIZE, content=work / "tree"), disk, progress=events)
     disk.chmod(0o444)
     return GuestImage(disk, events.launches)

@@ -31,7 +31,7 @@ from imagekit.customize.ops import firstboot
 from imagekit.errors import CustomizeError, RecipeError
 from imagekit.guest import appliance as guest
 from imagekit.guest import grow
-from imagekit.sources.scratch import ScratchSpec
+from imagekit.recipe import load_recipe_string
 from tests import guestimage
 from tests.events import Events
 from tests.guestimage import SIZE, GuestImage
@@ -262,9 +262,12 @@ def test_accel_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_scratch_spec_is_checked(changes: dict[str, Any], words: str) -> None:
+    """A scratch source's settings are refused when its recipe loads, before any launch."""
     spec = {"size": 64 << 20, "content": Path("/etc"), **changes}
+    settings = "".join(f"{key} = {json.dumps(str(value))}\n" for key, value in spec.items())
+    text = f'name = "s"\nversion = "1"\n[source]\nkind = "scratch"\n{settings}'
     with pytest.raises(RecipeError, match=words):
-        ScratchSpec(**spec).check()
+        load_recipe_string(text)
 
 
 # --- one launch applies everything, one read-only launch reads it back -------------------------

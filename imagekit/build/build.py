@@ -23,7 +23,14 @@ from imagekit.core.refs import parse_ref
 from imagekit.image import Image
 from imagekit.oci.layout import Descriptor
 from imagekit.oci.media import CREATED_ANNOTATION, DISK_FORMATS
-from imagekit.recipe import HttpSource, KickstartSource, Recipe, RecipeSource, ScratchSource
+from imagekit.recipe import (
+    HttpSource,
+    KickstartSource,
+    Recipe,
+    RecipeSource,
+    ScratchSource,
+    load_base,
+)
 from imagekit.sources import http, scratch
 from imagekit.sources.kickstart import install as kickstart
 
@@ -123,7 +130,7 @@ def _base(builder: Builder, recipe: Recipe) -> tuple[Image, list[LayerReport]]:
     source = recipe.source
     started = time.monotonic()
     if isinstance(source, RecipeSource):
-        result = build(builder, source.load(), tag=None)
+        result = build(builder, load_base(source), tag=None)
         return result.image, result.layers
     if isinstance(source, HttpSource):
         image, cached = _http_base(builder, recipe, source)

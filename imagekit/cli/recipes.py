@@ -14,12 +14,19 @@ from imagekit.cli.app import (
     emit_json,
 )
 
+SchemaOption = Annotated[
+    bool, typer.Option("--schema", help="Print the JSON Schema of recipe files instead.")
+]
+
 
 @app.command()
-def recipes(as_json: JsonOption = False) -> None:
+def recipes(as_json: JsonOption = False, schema: SchemaOption = False) -> None:
     """List the recipes imagekit can find, with their versions and verification level."""
-    from imagekit.recipe import recipe_summaries
+    from imagekit.recipe import recipe_json_schema, recipe_summaries
 
+    if schema:
+        emit_json(recipe_json_schema())
+        return
     rows = recipe_summaries()
     if as_json:
         emit_json(rows)

@@ -31,7 +31,7 @@ from imagekit.oci.media import (
     MEDIA_ISO,
 )
 from imagekit.progress import ProgressCallback, ProgressEvent
-from imagekit.recipe import KickstartSource, Recipe
+from imagekit.recipe import KickstartSource, Recipe, load_installer
 from imagekit.sources import http
 from imagekit.sources.kickstart.iso import BootFiles, extract, make_oemdrv, read_boot_files
 from imagekit.sources.kickstart.validate import render, syntax_version, validate
@@ -97,7 +97,7 @@ def vm_parameters(source: KickstartSource) -> dict[str, Any]:
 def _installer(session: http.Session, source: KickstartSource) -> Installer:
     store, progress = session.layout, session.progress
     if source.installer_path is None:
-        parent = source.load_installer()
+        parent = load_installer(source)
         image = http.pull(session, parent)
         isos = [layer for layer in image.manifest["layers"] if layer["mediaType"] == MEDIA_ISO]
         if not isos:
