@@ -91,9 +91,18 @@ class Transport:
         return self._session
 
     def get(self, url: str, headers: Mapping[str, str] | None = None) -> requests.Response:
-        """A streamed GET with imagekit's headers; the caller reads (and closes) the body."""
-        return self.session.get(
-            url, headers={**HEADERS, **(headers or {})}, stream=True, timeout=self.timeout
+        """A streamed GET with imagekit's headers; the caller reads (and closes) the body.
+
+        ``verify`` is passed on explicitly: requests would otherwise let $REQUESTS_CA_BUNDLE
+        override the CA file of a Session the caller configured.
+        """
+        session = self.session
+        return session.get(
+            url,
+            headers={**HEADERS, **(headers or {})},
+            stream=True,
+            timeout=self.timeout,
+            verify=session.verify,
         )
 
     def retrying(
