@@ -2,7 +2,8 @@
 
 ``checksum-over-tls`` is only as good as the connection the evidence really came over, so the
 level is decided by the final URL of each request after redirects, and a redirect off https is
-refused where the level rests on it.
+refused where the level rests on it. A blob already in the store stands in for a download, so
+it is checked like one before it is reused.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tests import mirrors
 from tests.conftest import Upstream
 from tests.httpserver import LoopbackServer, TestCA, make_test_ca
 from tests.reliability import figures
+from tests.reliability.storecheck import assert_consistent, misnamed_blobs
 
 FILENAME = "Tls-Cloud-1.qcow2"
 
@@ -248,3 +250,54 @@ def test_not_modified_from_another_final_url_is_fetched_again(
         assert cache.fetch(asked).url == tls.url("/CHECKSUM")
 
     assert [e.status for e in tls.log("/CHECKSUM")] == [304, 200]
+
+
+# Reused blobs are checked
+
+
+def corrupt(blob: Path, *, truncate: bool) -> None:
+    blob.chmod(0o644)
+    data = bytearray(blob.read_bytes())
+    if truncate:
+        del data[len(data) // 2 :]
+    else:
+        data[len(data) // 3] ^= 0x01
+    blob.write_bytes(bytes(data))
+    blob.chmod(0o444)
+
+
+@pytest.mark.parametrize("truncate", [False, True], ids=["bit-flip", "truncated"])
+def test_import_of_a_stored_digest_replaces_a_corrupt_blob(
+    store: Store, tmp_path: Path, image_bytes: bytes, truncate: bool
+) -> None:
+    disk = tmp_path / "mine.qcow2"
+    disk.write_bytes(image_bytes)
+    first = store.import_file(disk, "mine:1")
+    corrupt(first.path, truncate=truncate)
+
+    again = store.import_file(disk, "mine:2")
+
+    assert again.disk.size == len(image_bytes)
+    assert again.path.read_bytes() == image_bytes
+    assert misnamed_blobs(store) == []
+    assert_consistent(store)
+    figures.add("corrupt stored blobs healed by a reuse")
+
+
+def test_a_pull_fetches_again_instead_of_reusing_a_corrupt_blob(
+    store: Store, upstream: Upstream, image_bytes: bytes
+) -> None:
+    upstream.publish(FILENAME, image_bytes)
+    recipe = imagekit.load_recipe(upstream.recipe(FILENAME))
+    first = store.pull(recipe)
+    corrupt(first.path, truncate=False)
+
+    with pytest.raises(imagekit.StoreError, match=r"damaged.*imagekit fsck"):
+        store.pull(recipe, tag="offline:1", offline=True)
+    again = store.pull(recipe, tag="again:1")
+
+    assert again.disk_digest == first.disk_digest
+    assert again.path.read_bytes() == image_bytes
+    assert image_gets(upstream.server) == 2
+    assert_consistent(store)
+    figures.add("corrupt stored blobs healed by a reuse")

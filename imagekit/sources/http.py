@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypedDict
 
 from imagekit import catalog, provenance
-from imagekit.core.digest import hexpart, sha256_bytes
+from imagekit.core.digest import file_digest, hexpart, sha256_bytes
 from imagekit.core.refs import parse_ref
 from imagekit.disk import header, qemu_img
-from imagekit.errors import FetchError, ImagekitError, RecipeError, VerificationError
+from imagekit.errors import FetchError, ImagekitError, RecipeError, StoreError, VerificationError
 from imagekit.image import Image
 from imagekit.net.download import Downloader, FetchResult
 from imagekit.net.metadata import DEFAULT_TTL, Fetched, UpstreamCache
@@ -323,7 +323,8 @@ def fetch_disk(
     """Download (or find) the disk bytes, check them, move them into ``blobs/``.
 
     ``cache`` maps other digests (Debian lists only sha512) to the sha256 the store is keyed
-    by, so a file stored before is found without downloading it again.
+    by, so a file stored before is found without downloading it again. A stored copy stands in
+    for a download, so it is checked like one (size, sha256); a damaged one is fetched again.
     """
     layout, progress = session.layout, session.progress
     url, expect = request.url, request.expect
@@ -332,7 +333,7 @@ def fetch_disk(
     known = expect.digests.get("sha256") or (cache.sha256_for(expect.digests) if cache else None)
     lock_key = f"sha256:{known}" if known else "url:" + hexpart(sha256_bytes(url.encode()))
     with layout.digest_lock(lock_key):
-        if known and layout.has_blob(f"sha256:{known}"):
+        if known and _stored_intact(session, f"sha256:{known}", expect.size):
             progress(ProgressEvent("fetch", "already in the store", 1, 1))
             path = layout.blob_path(f"sha256:{known}")
             info = qemu_img.info(path, qemu)
@@ -363,6 +364,30 @@ def fetch_disk(
         if cache is not None:
             cache.remember(result.digests)
         return FetchedDisk(descriptor, info, result.url)
+
+
+def _stored_intact(session: Session, digest: str, size: int | None) -> bool:
+    """Whether ``digest`` is in the store and still hashes to its name (and has ``size``).
+
+    Hashing the local copy costs far less than the download it saves. A damaged copy is
+    fetched again, and ``commit_file`` replaces it with the good bytes.
+    """
+    layout = session.layout
+    path = layout.blob_path(digest)
+    try:
+        if not path.is_file():
+            return False
+        intact = (size is None or path.stat().st_size == size) and file_digest(path) == digest
+    except OSError as exc:
+        raise StoreError(f"cannot read blob {digest} ({path}): {exc.strerror or exc}") from exc
+    if not intact and session.options.offline:
+        raise StoreError(
+            f"blob {digest} in the store is damaged and --offline forbids fetching it again: "
+            "run `imagekit fsck`, then pull again without --offline"
+        )
+    if not intact:
+        session.progress(ProgressEvent("fetch", f"stored {digest[:19]} is damaged: fetching it"))
+    return intact
 
 
 def _discard(result: FetchResult) -> None:
