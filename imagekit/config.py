@@ -22,6 +22,8 @@ RECIPES_ENV = "IMAGEKIT_RECIPES"
 ACCEL_ENV = "IMAGEKIT_ACCEL"
 ACCELS = ("auto", "kvm", "tcg")
 _MIRROR_SCHEMES = ("http://", "https://", "file://")
+# A config file is a few lines of TOML; config sits below core, so core.capped cannot be used.
+_CONFIG_MAX = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,18 @@ def _mirror(value: str | None, where: str) -> str | None:
     return value
 
 
+def _read_config(path: Path) -> bytes:
+    """The config file's bytes; is_file() ruled out devices and FIFOs, this bounds the size."""
+    with path.open("rb") as f:
+        data = f.read(_CONFIG_MAX + 1)
+    if len(data) > _CONFIG_MAX:
+        raise RecipeError(
+            f"config file {path} is larger than {_CONFIG_MAX} bytes: it is not a config file; "
+            "check what the path names"
+        )
+    return data
+
+
 def load_settings() -> Settings:
     """Settings from the environment over the first config file that exists."""
     store: Path | None = None
@@ -62,7 +76,7 @@ def load_settings() -> Settings:
     for path in config_files():
         if path.is_file():
             try:
-                data = tomllib.loads(path.read_text(encoding="utf-8"))
+                data = tomllib.loads(_read_config(path).decode("utf-8"))
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
                 raise RecipeError(f"cannot read config file {path}: {exc}") from exc
             unknown = sorted(set(data) - {"store", "mirror"})

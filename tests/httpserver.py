@@ -1,8 +1,10 @@
-"""A loopback HTTP server with fault injection, shared by the tests (and usable for benchmarks).
+"""A loopback HTTP(S) server with fault injection, shared by the tests (and usable for benchmarks).
 
 Tests must not reach the internet, yet downloads must be tested against real sockets: ranges,
 validators, resets and slow links are where download code breaks. Each fault is armed per path
 by the test and every response is logged, so a test can assert how many bytes crossed the wire.
+With ``tls=`` (a :class:`TestCA` from :func:`make_test_ca`) it speaks HTTPS, so trust decisions
+that depend on TLS are tested against a real handshake; ``redirect`` answers a path with a 30x.
 
 Standalone: ``python tests/httpserver.py ROOT --port N`` serves ROOT until interrupted.
 """
@@ -10,12 +12,14 @@ Standalone: ``python tests/httpserver.py ROOT --port N`` serves ROOT until inter
 from __future__ import annotations
 
 import argparse
+import datetime
 import email.utils
 import hashlib
 import http.server
 import io
 import re
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -56,6 +60,7 @@ class _Faults:
     ignore_if_range: bool = False
     omit_length: bool = False
     bytes_per_second: float | None = None
+    conditional: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class _Armed:
     ignore_if_range: bool
     omit_length: bool
     rate: float | None
+    conditional: bool
 
 
 @dataclass
@@ -103,13 +109,83 @@ def _etag(hexdigest: str) -> str:
     return f'"{hexdigest[:32]}"'
 
 
+@dataclass(frozen=True)
+class TestCA:
+    """A throwaway CA and a server certificate it issued for 127.0.0.1 and localhost.
+
+    Clients trust ``ca_cert`` explicitly (``requests.Session().verify = str(ca_cert)``); nothing
+    is added to the system's trust store.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+def make_test_ca(directory: Path) -> TestCA:
+    """Generate the CA and the server certificate (EC P-256, valid for a day) in ``directory``."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(
+        subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: Any, ca: bool
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "imagekit test CA")])
+    ca = certificate("imagekit test CA", ca_key, ca_name, ca_key, True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = certificate("127.0.0.1", server_key, ca_name, ca_key, False)
+    pem = serialization.Encoding.PEM
+    files = TestCA(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    files.ca_cert.write_bytes(ca.public_bytes(pem))
+    files.server_cert.write_bytes(server.public_bytes(pem))
+    files.server_key.write_bytes(
+        server_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return files
+
+
 class LoopbackServer:
     """Serves ``root`` (if given) plus in-memory files on 127.0.0.1 at an ephemeral port."""
 
-    def __init__(self, root: Path | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: TestCA | None = None,
+    ) -> None:
         self.root = root
+        self.tls = tls
         self._address = (host, port)
         self._files: dict[str, _Memory] = {}
+        self._redirects: dict[str, tuple[str, int]] = {}
         self._faults: dict[str, _Faults] = {}
         self._log: list[tuple[int, LogEntry]] = []  # (arrival order, entry)
         self._arrivals = 0
@@ -129,6 +205,13 @@ class LoopbackServer:
             owner = server
 
         self._httpd = _Server(self._address, Handler)
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.tls.server_cert, self.tls.server_key)
+            # The handshake then happens in the handler's thread, not in the accept loop.
+            self._httpd.socket = context.wrap_socket(
+                self._httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
         # a short poll keeps stop() (and so every test's teardown) quick
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -163,7 +246,8 @@ class LoopbackServer:
         return int(self._httpd.server_address[1])
 
     def url(self, path: str) -> str:
-        return f"http://{self._address[0]}:{self.port}/{quote(path.lstrip('/'))}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self._address[0]}:{self.port}/{quote(path.lstrip('/'))}"
 
     # content ---------------------------------------------------------------------------------
 
@@ -179,6 +263,11 @@ class LoopbackServer:
             old = self._files.get(key)
             mtime = time.time() if old is None else max(time.time(), old.mtime + 1)
             self._files[key] = _Memory(bytes(data), mtime)
+
+    def redirect(self, path: str, url: str, status: int = 302) -> None:
+        """Answer requests for ``path`` with ``status`` and ``Location: url`` (another server's)."""
+        with self._lock:
+            self._redirects[_norm(path)] = (url, status)
 
     # faults ----------------------------------------------------------------------------------
 
@@ -218,6 +307,11 @@ class LoopbackServer:
         """Send the body of ``path`` at about this rate (None: full speed)."""
         with self._lock:
             self._faults_for(path).bytes_per_second = bytes_per_second
+
+    def conditional(self, path: str, enabled: bool = True) -> None:
+        """Answer a GET whose If-None-Match names the current ETag with 304 Not Modified."""
+        with self._lock:
+            self._faults_for(path).conditional = enabled
 
     # log -------------------------------------------------------------------------------------
 
@@ -269,6 +363,7 @@ class LoopbackServer:
                 f.ignore_if_range,
                 f.omit_length,
                 f.bytes_per_second,
+                f.conditional,
             )
 
     def _entity(self, path: str) -> _Entity | None:
@@ -313,8 +408,8 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients that drop connections are what these tests are about: not worth a traceback."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
+        """Dropped connections (and clients refusing the certificate) are what tests are about."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError)):
             super().handle_error(request, client_address)
 
 
@@ -347,6 +442,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _respond(
         self, path: str, range_header: str | None, if_range: str | None, *, body: bool
     ) -> tuple[int, int]:
+        with self.owner._lock:
+            redirect = self.owner._redirects.get(path)
+        if redirect is not None:
+            self.send_response(redirect[1])
+            self.send_header("Location", redirect[0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return redirect[1], 0
         armed = self.owner._take_fault(path)
         entity = self.owner._entity(path)
         if armed.fail is not None or entity is None:
@@ -356,6 +459,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             return code, 0
 
+        if armed.conditional and self.headers.get("If-None-Match") == entity.etag:
+            self.send_response(304)
+            self._validators(entity)
+            self.end_headers()
+            return 304, 0
         start, end = 0, entity.size - 1
         code = 200
         wanted = None if armed.ignore_range else _parse_range(range_header, entity.size)

@@ -52,20 +52,26 @@ def verify(
     signature: Annotated[
         Path | None, typer.Option(help="Detached signature of the checksum file.")
     ] = None,
-    key: Annotated[list[Path], typer.Option(help="Pinned OpenPGP public key (repeatable).")] = [],  # noqa: B006
+    key: Annotated[
+        list[Path],
+        typer.Option(help="The publisher's OpenPGP public key (repeatable; required)."),
+    ] = [],  # noqa: B006
     name: Annotated[
         str | None, typer.Option(help="File name to look up (default: FILE's name).")
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Verify a checksum file's signature and, given FILE, the file against it."""
+    """Verify a checksum file's signature and, given FILE, the file against it.
+
+    Without --key nothing can be verified, so it fails (exit 4) rather than print OK.
+    """
     result = imagekit.verify_local(
         checksum, signature=signature, keys=key, file=file, filename=name
     )
     if as_json:
         emit_json(result)
         return
-    typer.echo(f"signer: {result['signer'] or 'none (unsigned)'}")
+    typer.echo(f"signer: {result['signer']}")
     if file is None:
         for entry in result["entries"]:
             size = f" {entry['size']} bytes" if entry["size"] is not None else ""

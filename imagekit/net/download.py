@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import unquote, urlsplit
 
 from imagekit.core.atomic import disk_full, replace_file
+from imagekit.core.capped import open_regular
 from imagekit.core.locking import FileLock
 from imagekit.errors import FetchError
 from imagekit.net.transport import (
@@ -179,11 +180,14 @@ class Downloader:
     # file:// ---------------------------------------------------------------------------------
 
     def _copy(self, job: _Job) -> None:
-        """Copy a local file through the same hashing writer; no resume: local reads don't drop."""
+        """Copy a local file through the same hashing writer; no resume: local reads don't drop.
+
+        Only a regular file: a device (/dev/zero) would be copied until the disk is full.
+        """
         source = local_path(job.url)
         partial = job.partial
         try:
-            with open(source, "rb") as src:
+            with open_regular(source, "local file", error=FetchError) as src:
                 total = os.fstat(src.fileno()).st_size
                 if job.expected_size is not None and total != job.expected_size:
                     _size_mismatch(job.url, total, job.expected_size)
@@ -192,8 +196,6 @@ class Downloader:
                     while chunk := src.read(self.chunk_size):
                         write(chunk)
                         job.meter.update(partial.size, total)
-        except FileNotFoundError as exc:
-            raise FetchError(f"{source} does not exist: check the recipe URL {job.url}") from exc
         except OSError as exc:  # write failures arrive as FetchError already
             raise FetchError(f"cannot read {source}: {exc.strerror}") from exc
         job.transferred = partial.size

@@ -2,7 +2,8 @@
 
 A cached file is fresh for a TTL; after that a conditional request revalidates it (a 304 costs
 no body), and ``offline`` answers from the cache alone. Bodies are kept in diskcache (sqlite)
-under ``cache/upstream``, with the sha512 -> sha256 map that lets a file listed only by sha512
+under ``cache/upstream`` with the final URL they came from (after redirects: trust that rests on
+TLS is decided by it), and with the sha512 -> sha256 map that lets a file listed only by sha512
 (Debian) be found in the store without downloading it again.
 """
 
@@ -18,14 +19,23 @@ from typing import Any
 
 from imagekit.core.atomic import disk_full
 from imagekit.errors import FetchError, StoreError
-from imagekit.net.transport import Transport
+from imagekit.net.transport import Small, Transport
 
 DEFAULT_TTL = 3600.0  # seconds a cached metadata file counts as fresh
 
 
 @dataclass(frozen=True)
+class Fetched:
+    """A small upstream file's body and the final URL it came from, after redirects."""
+
+    body: bytes
+    url: str
+
+
+@dataclass(frozen=True)
 class _Entry:
     body: bytes
+    final_url: str  # where the body came from; entries of older versions lack it: refetched
     etag: str | None
     last_modified: str | None
     checked: float  # when upstream last confirmed this body
@@ -54,7 +64,7 @@ class UpstreamCache:
         self.ttl = ttl
         self.refresh = refresh
         self.offline = offline
-        self._seen: dict[str, bytes] = {}
+        self._seen: dict[str, Fetched] = {}
         self._db: Any = None
 
     def __enter__(self) -> UpstreamCache:
@@ -72,6 +82,10 @@ class UpstreamCache:
 
     def get(self, url: str) -> bytes:
         """The body of ``url``: from this pull, the cache while fresh, or upstream."""
+        return self.fetch(url).body
+
+    def fetch(self, url: str) -> Fetched:
+        """The body of ``url`` and the final URL it came from (what TLS trust is decided by)."""
         if url not in self._seen:
             self._seen[url] = self._get(url)
         return self._seen[url]
@@ -90,19 +104,19 @@ class UpstreamCache:
             if algorithm != "sha256":
                 self._write(("digest", algorithm, digest), digests["sha256"])
 
-    def _get(self, url: str) -> bytes:
+    def _get(self, url: str) -> Fetched:
         entry = self._entry(url)
         if self.offline:
             if entry is None:
                 raise FetchError(
-                    f"offline, and {url} was never fetched: run once without --offline to cache it"
+                    f"offline, and {url} was never fetched (or was cached by an older imagekit): "
+                    "run once without --offline to cache it"
                 )
-            return entry.body
-        if entry is not None and not self.refresh and time.time() - entry.checked < self.ttl:
-            return entry.body
-        fresh = self._fetch(url, entry)
-        self._write(("url", url), fresh.__dict__)
-        return fresh.body
+            return Fetched(entry.body, entry.final_url)
+        if entry is None or self.refresh or time.time() - entry.checked >= self.ttl:
+            entry = self._revalidate(url, entry)
+            self._write(("url", url), entry.__dict__)
+        return Fetched(entry.body, entry.final_url)
 
     def _entry(self, url: str) -> _Entry | None:
         """The cached copy of ``url``; one written by another imagekit version counts as none."""
@@ -131,23 +145,33 @@ class UpstreamCache:
             self._db = diskcache.Cache(str(self.directory))
         return self._db
 
-    def _fetch(self, url: str, entry: _Entry | None) -> _Entry:
+    def _revalidate(self, url: str, entry: _Entry | None) -> _Entry:
+        """Ask upstream (conditionally, when a copy is cached) for the current body.
+
+        A 304 keeps the cached body only when it arrived by the same final URL as that body
+        did: a "not modified" from elsewhere (a new redirect) says nothing about those bytes.
+        """
         validators = {}
         if entry is not None and entry.etag:
             validators["If-None-Match"] = entry.etag
         if entry is not None and entry.last_modified:
             validators["If-Modified-Since"] = entry.last_modified
+        small = self._fetch_small(url, entry, validators)
+        if small.status == 304 and entry is not None and small.url == entry.final_url:
+            return replace(entry, checked=time.time())
+        if small.status == 304:
+            small = self._fetch_small(url, entry, {})
+        return _Entry(small.body, small.url, small.etag, small.last_modified, time.time())
+
+    def _fetch_small(self, url: str, entry: _Entry | None, validators: dict[str, str]) -> Small:
         try:
-            small = self.transport.fetch_small(url, validators=validators)
+            return self.transport.fetch_small(url, validators=validators)
         except FetchError as exc:
             raise FetchError(
                 f"{exc}; or use --offline to rely on what was cached before"
                 if entry is not None
                 else str(exc)
             ) from exc
-        if small.status == 304 and entry is not None:
-            return replace(entry, checked=time.time())
-        return _Entry(small.body, small.etag, small.last_modified, time.time())
 
 
 def _cache_error(error: Exception, directory: Path) -> StoreError:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 from imagekit._version import __version__
+from imagekit.core.capped import EVIDENCE_MAX, read_capped
 from imagekit.errors import FetchError
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 HEADERS = {"User-Agent": f"imagekit/{__version__}", "Accept-Encoding": "identity"}
-SMALL_FILE_MAX = 16 << 20  # checksum files, signatures, metadata: larger is not one of those
+SMALL_FILE_MAX = EVIDENCE_MAX  # checksum files, signatures, metadata: larger is not one of those
 _MAX_BACKOFF = 30.0
 
 
@@ -91,9 +92,18 @@ class Transport:
         return self._session
 
     def get(self, url: str, headers: Mapping[str, str] | None = None) -> requests.Response:
-        """A streamed GET with imagekit's headers; the caller reads (and closes) the body."""
-        return self.session.get(
-            url, headers={**HEADERS, **(headers or {})}, stream=True, timeout=self.timeout
+        """A streamed GET with imagekit's headers; the caller reads (and closes) the body.
+
+        ``verify`` is passed on explicitly: requests would otherwise let $REQUESTS_CA_BUNDLE
+        override the CA file of a Session the caller configured.
+        """
+        session = self.session
+        return session.get(
+            url,
+            headers={**HEADERS, **(headers or {})},
+            stream=True,
+            timeout=self.timeout,
+            verify=session.verify,
         )
 
     def retrying(
@@ -193,17 +203,8 @@ def local_path(url: str) -> Path:
 
 
 def read_local(url: str, max_bytes: int) -> bytes:
-    source = local_path(url)
-    try:
-        with open(source, "rb") as f:
-            data = f.read(max_bytes + 1)
-    except FileNotFoundError as exc:
-        raise FetchError(f"{source} does not exist: check the recipe URL {url}") from exc
-    except OSError as exc:
-        raise FetchError(f"cannot read {source}: {exc.strerror}") from exc
-    if len(data) > max_bytes:
-        too_big(url, max_bytes)
-    return data
+    """A small file:// file: a regular file of at most ``max_bytes`` (never /dev/zero)."""
+    return read_capped(local_path(url), max_bytes, "local file", error=FetchError)
 
 
 def content_length(resp: requests.Response) -> int | None:

@@ -87,6 +87,9 @@ class Layout:
         """Move a finished temp file into blobs/; the first writer of a digest wins.
 
         With ``verify=False`` the caller vouches for ``digest`` (it hashed while writing).
+        A blob already there is kept only if it still has the temp's size and hashes to its
+        name (the caller just wrote as many bytes, so rehashing them costs no more); a damaged
+        one is replaced by the temp's good bytes, never reused.
         """
         dest = self.blob_path(digest)
         if not path.resolve().is_relative_to(self.tmp_dir.resolve()):
@@ -95,7 +98,7 @@ class Layout:
                 "the store; write the data to a Store.new_temp() path first"
             )
         try:
-            if dest.exists():
+            if _intact(dest, digest, path.stat().st_size):
                 path.unlink()
             else:
                 _seal(path, digest if verify else None)
@@ -359,6 +362,17 @@ def parents(descriptors: Iterable[Descriptor]) -> list[str]:
         for d in descriptors
         if PARENT_ANNOTATION in d.annotations
     ]
+
+
+def _intact(blob: Path, digest: str, size: int) -> bool:
+    """Whether ``blob`` exists with ``size`` bytes that hash to ``digest``."""
+    try:
+        if blob.stat().st_size != size:
+            return False
+        with blob.open("rb") as f:
+            return "sha256:" + hash_stream(f)["sha256"] == digest
+    except FileNotFoundError:
+        return False
 
 
 def _seal(path: Path, expected: str | None) -> None:

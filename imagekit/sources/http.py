@@ -13,16 +13,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 from imagekit import catalog, provenance
-from imagekit.core.digest import hexpart, sha256_bytes
+from imagekit.core.digest import file_digest, hexpart, sha256_bytes
 from imagekit.core.refs import parse_ref
 from imagekit.disk import header, qemu_img
-from imagekit.errors import FetchError, ImagekitError, RecipeError, VerificationError
+from imagekit.errors import FetchError, ImagekitError, RecipeError, StoreError, VerificationError
 from imagekit.image import Image
 from imagekit.net.download import Downloader, FetchResult
-from imagekit.net.metadata import DEFAULT_TTL, UpstreamCache
+from imagekit.net.metadata import DEFAULT_TTL, Fetched, UpstreamCache
 from imagekit.net.transport import Transport
 from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.media import (
@@ -41,8 +41,9 @@ from imagekit.resolve.resolve import Target, on_mirror, resolve
 from imagekit.verify.policy import (
     CHECKSUM_OVER_TLS,
     Expectation,
-    checksum_transport,
+    evidence_transport,
     expectation_for,
+    refuse_downgrade,
     require_level,
     verify_checksum_file,
 )
@@ -183,10 +184,11 @@ def source_identity(session: Session, recipe: Recipe) -> str:
 class _Evidence:
     """The checksum file and signature as fetched, and what they make the bytes expected to be."""
 
-    checksum: bytes | None
-    signature: bytes | None
+    checksum: Fetched | None
+    signature: Fetched | None
+    metadata: tuple[Fetched, ...]  # what resolution read (it chose the file)
     expect: Expectation
-    transport: str | None  # how the checksum file travelled, when that counts (https, loopback)
+    transport: str | None  # how the evidence travelled, when that counts (https, loopback)
 
 
 def _fetch_target(session: Session, recipe: Recipe, target: Target, cache: UpstreamCache) -> Image:
@@ -198,16 +200,16 @@ def _fetch_target(session: Session, recipe: Recipe, target: Target, cache: Upstr
         progress(ProgressEvent("resolve", f"{recipe.ref} is {source.filename}"))
     progress(ProgressEvent("verify", f"checking evidence for {source.filename}"))
     evidence = _verify(recipe, target, urls, cache, session.options.allow_loopback_http)
-    disk, info = fetch_disk(
+    disk, info, fetched_from = fetch_disk(
         session, DiskRequest(urls.url, source.format, evidence.expect), cache=cache
     )
     stored = [
-        layout.add_bytes(data, media)
-        for data, media in (
+        layout.add_bytes(fetched.body, media)
+        for fetched, media in (
             (evidence.checksum, MEDIA_EVIDENCE_CHECKSUM),
             (evidence.signature, MEDIA_EVIDENCE_SIGNATURE),
         )
-        if data is not None
+        if fetched is not None
     ]
     verification = provenance.verification_record(evidence.expect, stored)
     verification["checksum_transport"] = evidence.transport
@@ -218,10 +220,13 @@ def _fetch_target(session: Session, recipe: Recipe, target: Target, cache: Upstr
         "source": {
             "kind": "http",
             "url": source.url,
-            "fetched_from": urls.url,
+            "fetched_from": fetched_from,
             "mirror": urls.mirror,
             "checksum_url": source.checksum_url,
+            "checksum_url_fetched": evidence.checksum.url if evidence.checksum else None,
             "signature_url": source.signature_url,
+            "signature_url_fetched": evidence.signature.url if evidence.signature else None,
+            "metadata_fetched": [fetched.url for fetched in evidence.metadata],
             "filename": source.filename,
             "resolved": target.resolution.record() if target.resolution else None,
         },
@@ -243,27 +248,31 @@ def _verify(
 ) -> _Evidence:
     """Check signature and transport, then settle what the image must hash to, or refuse."""
     source = target.source
-    checksum = cache.get(urls.checksum_url) if urls.checksum_url else None
-    signature = cache.get(urls.signature_url) if urls.signature_url else None
+    checksum = cache.fetch(urls.checksum_url) if urls.checksum_url else None
+    signature = cache.fetch(urls.signature_url) if urls.signature_url else None
+    # Resolution read these (already in this pull's cache): they chose the file, so they count.
+    asked = target.resolution.metadata if target.resolution else ()
+    metadata = tuple(cache.fetch(url) for url in asked)
     checksums = None
     if checksum is not None:
         checksums = verify_checksum_file(
-            checksum,
-            signature=signature,
+            checksum.body,
+            signature=signature.body if signature else None,
             keys=source.keys,
             fingerprints=source.fingerprints,
             source=urls.checksum_url or "checksum file",
         )
+    carried = [("metadata file", url, got) for url, got in zip(asked, metadata, strict=True)]
+    if urls.checksum_url and checksum is not None:
+        carried.append(("checksum file", urls.checksum_url, checksum))
     transport = None
-    if urls.checksum_url:
-        transport = checksum_transport(urls.checksum_url, allow_loopback_http=allow_loopback_http)
+    if checksum is not None:
+        finals = [fetched.url for _, _, fetched in carried]
+        transport = evidence_transport(finals, allow_loopback_http=allow_loopback_http)
     over_tls = source.level == CHECKSUM_OVER_TLS
-    if over_tls and transport is None and not source.pinned:
-        raise VerificationError(
-            f"{recipe.name}: {urls.checksum_url} is not signed and did not come over TLS, so it "
-            "proves nothing; use an https:// mirror (plain http is accepted only from "
-            "127.0.0.1/localhost with --allow-loopback-http)"
-        )
+    signed = checksums is not None and checksums.signer is not None
+    if over_tls and not source.pinned and not signed:
+        _require_tls(recipe, carried, allow_loopback_http)
     expect = expectation_for(
         source.filename,
         checksums=checksums,
@@ -273,7 +282,22 @@ def _verify(
         metadata=target.resolution.digests if target.resolution else None,
     )
     require_level(source.required_level, expect.level, source.filename)
-    return _Evidence(checksum, signature, expect, transport)
+    return _Evidence(checksum, signature, metadata, expect, transport)
+
+
+def _require_tls(
+    recipe: Recipe, carried: list[tuple[str, str, Fetched]], allow_loopback_http: bool
+) -> None:
+    """The level rests on TLS: each piece of evidence, by its final URL, came over it."""
+    for what, requested, fetched in carried:
+        refuse_downgrade(requested, fetched.url, f"{recipe.name}: the {what}")
+    for _, _, fetched in carried:
+        if evidence_transport([fetched.url], allow_loopback_http=allow_loopback_http) is None:
+            raise VerificationError(
+                f"{recipe.name}: {fetched.url} is not signed and did not come over TLS, so it "
+                "proves nothing; use an https:// mirror (plain http is accepted only from "
+                "127.0.0.1/localhost with --allow-loopback-http)"
+            )
 
 
 @dataclass(frozen=True)
@@ -285,14 +309,22 @@ class DiskRequest:
     expect: Expectation
 
 
+class FetchedDisk(NamedTuple):
+    """A disk in ``blobs/``: its descriptor, ``qemu-img info``, and where its bytes came from."""
+
+    descriptor: Descriptor
+    info: dict[str, Any]
+    fetched_from: str | None  # the final URL, after redirects; None: already in the store
+
+
 def fetch_disk(
     session: Session, request: DiskRequest, *, cache: UpstreamCache | None = None
-) -> tuple[Descriptor, dict[str, Any]]:
+) -> FetchedDisk:
     """Download (or find) the disk bytes, check them, move them into ``blobs/``.
 
     ``cache`` maps other digests (Debian lists only sha512) to the sha256 the store is keyed
-    by, so a file stored before is found without downloading it again.
-    Returns the blob's descriptor and its ``qemu-img info``.
+    by, so a file stored before is found without downloading it again. A stored copy stands in
+    for a download, so it is checked like one (size, sha256); a damaged one is fetched again.
     """
     layout, progress = session.layout, session.progress
     url, expect = request.url, request.expect
@@ -301,11 +333,13 @@ def fetch_disk(
     known = expect.digests.get("sha256") or (cache.sha256_for(expect.digests) if cache else None)
     lock_key = f"sha256:{known}" if known else "url:" + hexpart(sha256_bytes(url.encode()))
     with layout.digest_lock(lock_key):
-        if known and layout.has_blob(f"sha256:{known}"):
+        if known and _stored_intact(session, f"sha256:{known}", expect.size):
             progress(ProgressEvent("fetch", "already in the store", 1, 1))
             path = layout.blob_path(f"sha256:{known}")
             info = qemu_img.info(path, qemu)
-            return Descriptor(media_type, f"sha256:{known}", path.stat().st_size), info
+            return FetchedDisk(
+                Descriptor(media_type, f"sha256:{known}", path.stat().st_size), info, None
+            )
         if session.options.offline:
             raise FetchError(
                 f"offline, and {url} is not in the store yet: pull it once without --offline"
@@ -329,7 +363,31 @@ def fetch_disk(
         _discard(result)  # only the resume sidecar is left; the bytes are in blobs/ now
         if cache is not None:
             cache.remember(result.digests)
-        return descriptor, info
+        return FetchedDisk(descriptor, info, result.url)
+
+
+def _stored_intact(session: Session, digest: str, size: int | None) -> bool:
+    """Whether ``digest`` is in the store and still hashes to its name (and has ``size``).
+
+    Hashing the local copy costs far less than the download it saves. A damaged copy is
+    fetched again, and ``commit_file`` replaces it with the good bytes.
+    """
+    layout = session.layout
+    path = layout.blob_path(digest)
+    try:
+        if not path.is_file():
+            return False
+        intact = (size is None or path.stat().st_size == size) and file_digest(path) == digest
+    except OSError as exc:
+        raise StoreError(f"cannot read blob {digest} ({path}): {exc.strerror or exc}") from exc
+    if not intact and session.options.offline:
+        raise StoreError(
+            f"blob {digest} in the store is damaged and --offline forbids fetching it again: "
+            "run `imagekit fsck`, then pull again without --offline"
+        )
+    if not intact:
+        session.progress(ProgressEvent("fetch", f"stored {digest[:19]} is damaged: fetching it"))
+    return intact
 
 
 def _discard(result: FetchResult) -> None:

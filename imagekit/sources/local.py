@@ -27,7 +27,7 @@ def import_file(session: Session, path: Path, ref: str, *, disk_format: str | No
     layout = session.layout
     with layout.shared_lock():
         request = DiskRequest(path.resolve().as_uri(), fmt, Expectation(UNVERIFIED))
-        disk, info = fetch_disk(session, request)
+        disk, info, _ = fetch_disk(session, request)
         config = {
             **provenance.base_config(parsed.name, parsed.tag, None),
             "source": {"kind": "local", "path": str(path.resolve())},

@@ -68,6 +68,17 @@ def _parse_line(line: str) -> tuple[str, str, str] | None:
     return name, algorithm, digest.lower()
 
 
+def refuse_conflicts(entries: Sequence[ChecksumEntry], source: str = "checksum file") -> None:
+    """Refuse a file listed twice with different digests of one algorithm: one line is forged."""
+    seen: dict[tuple[str, str], str] = {}
+    for entry in entries:
+        if seen.setdefault((entry.filename, entry.algorithm), entry.digest) != entry.digest:
+            raise ChecksumError(
+                f"{source} lists {entry.filename} with different {entry.algorithm} digests; "
+                "refusing to guess which is genuine (the file may have been tampered with)"
+            )
+
+
 def find_entry(
     entries: Sequence[ChecksumEntry], filename: str, algorithm: str | None = None
 ) -> ChecksumEntry:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imagekit.core.capped import EVIDENCE_MAX, read_capped
 from imagekit.errors import SignatureError
 
 _TIMEOUT = 60
@@ -186,10 +187,7 @@ def _session(
 
 def _read_key(path: Path, home: Path) -> tuple[bytes, list[str]]:
     """The binary (dearmored) key material in `path` and its primary fingerprints."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SignatureError(f"cannot read key file {path}: {exc.strerror}") from exc
+    data = read_capped(path, EVIDENCE_MAX, "key file", error=SignatureError)
     gpg = ["gpg", "--homedir", str(home), "--batch", "--no-tty"]
     shown = _run([*gpg, "--show-keys", "--with-colons"], data)
     fingerprints = _primary_fingerprints(shown.stdout.decode("utf-8", "replace"))

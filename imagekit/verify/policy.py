@@ -154,9 +154,10 @@ def require_level(required: str, achieved: str, what: str) -> None:
 def checksum_transport(url: str, *, allow_loopback_http: bool = False) -> str | None:
     """How a checksum file travels, when that counts for ``checksum-over-tls``; else None.
 
-    ``https`` always counts. Plain ``http`` counts only to 127.0.0.1/localhost and only when
-    the caller allows it (tests, a caching proxy on this host): the bytes never left the machine,
-    and provenance records ``http-loopback`` so nobody mistakes it for TLS.
+    Pass the FINAL URL (after redirects): that is where the bytes came from. ``https`` always
+    counts. Plain ``http`` counts only to 127.0.0.1/localhost and only when the caller allows it
+    (tests, a caching proxy on this host): the bytes never left the machine, and provenance
+    records ``http-loopback`` so nobody mistakes it for TLS.
     """
     parts = urlsplit(url)
     if parts.scheme == "https":
@@ -164,3 +165,27 @@ def checksum_transport(url: str, *, allow_loopback_http: bool = False) -> str | 
     if parts.scheme == "http" and allow_loopback_http and parts.hostname in LOOPBACK_HOSTS:
         return "http-loopback"
     return None
+
+
+def evidence_transport(
+    final_urls: Sequence[str], *, allow_loopback_http: bool = False
+) -> str | None:
+    """The weakest :func:`checksum_transport` of every request that carried evidence."""
+    kinds = [checksum_transport(url, allow_loopback_http=allow_loopback_http) for url in final_urls]
+    if not kinds or None in kinds:
+        return None
+    return "http-loopback" if "http-loopback" in kinds else "https"
+
+
+def refuse_downgrade(requested: str, final: str, what: str) -> None:
+    """Refuse evidence asked for over https but redirected off it, where the level rests on TLS.
+
+    Followed silently, such a redirect would let plain http (anyone on the path) supply what is
+    then recorded as checksum-over-tls; even a loopback target is refused, as it was not asked for.
+    """
+    if urlsplit(requested).scheme == "https" and urlsplit(final).scheme != "https":
+        raise VerificationError(
+            f"{what} {requested} was redirected to {final}, off https: the level rests on TLS, "
+            "so a downgrade proves nothing and the image was not fetched; use a mirror that "
+            "serves it over https without redirecting to http"
+        )
