@@ -83,7 +83,8 @@ def collect(
 
 
 def fsck(layout: Layout) -> FsckReport:
-    """Rehash every blob and check every ref's manifest, config and layers are present."""
+    """Rehash every blob, check every ref's manifest, config and layers are present, and that
+    nobody the store's permission model leaves out can read it (oci.access)."""
     problems: list[str] = []
     with layout.shared_lock():
         try:
@@ -91,6 +92,7 @@ def fsck(layout: Layout) -> FsckReport:
         except StoreError as e:
             problems.append(str(e))
         count, nbytes = _check_blobs(layout, problems)
+        problems.extend(layout.access.exposure(layout.root))
         try:
             entries = layout.entries()
         except StoreError as e:
@@ -179,7 +181,7 @@ def _check_blobs(layout: Layout, problems: list[str]) -> tuple[int, int]:
         if st.st_mode & 0o222:
             problems.append(
                 f"blob sha256:{path.name} is writable (mode {stat.S_IMODE(st.st_mode):o}); "
-                f"run `chmod 0444 {path}`"
+                f"run `chmod {layout.access.blob_mode:04o} {path}`"
             )
         try:
             with path.open("rb") as f:

@@ -230,7 +230,7 @@ def _source_record(
 def console_log_path(store: Layout, key: str) -> Path:
     """Where a build's console is written live (``tail -f`` it); kept after a failure."""
     directory = store.cache_dir / "kickstart"
-    directory.mkdir(parents=True, exist_ok=True)
+    store.access.make_dir(directory)
     return directory / f"{hexpart(key)}.console.log"
 
 
