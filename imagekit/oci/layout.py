@@ -243,6 +243,28 @@ class Layout:
         """Find a manifest by ``name:tag``, ``name``, digest, or a digest prefix of 12+ hex."""
         return lookup.resolve(self, ref_or_digest)
 
+    # --- secrets ---------------------------------------------------------------------------
+
+    def digest_key(self) -> bytes:
+        """This store's key for keyed digests of secrets (``core.digest.keyed_digest``).
+
+        Made on first use, 0600 even in a group store, never recorded nor pushed. Build keys
+        of steps and kickstarts with secrets depend on it: a new key rebuilds them once.
+        """
+        path = self.root / "digest.key"
+        try:
+            if not path.exists():
+                atomic.create_file(path, secrets.token_bytes(32), temp=self.new_temp(), mode=0o600)
+            key = path.read_bytes()
+        except OSError as e:
+            raise write_error(e, path) from e
+        if len(key) != 32:
+            raise StoreError(
+                f"the store's digest key {path} is damaged ({len(key)} bytes, not 32): delete "
+                "it; steps and kickstarts with secrets are then built again once"
+            )
+        return key
+
     # --- locks -----------------------------------------------------------------------------
 
     def shared_lock(self, *, timeout: float | None = None) -> FileLock:
