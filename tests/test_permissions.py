@@ -24,6 +24,7 @@ from imagekit.errors import RecipeError, StoreError
 from imagekit.oci.layout import Descriptor
 from imagekit.store import Store, open_store
 from tests.conftest import make_qcow2
+from tests.reliability import figures
 
 NOBODY = 65534
 
@@ -102,6 +103,11 @@ def test_a_new_store_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
     assert all(mode(p) == 0o400 for p in store.blobs_dir.iterdir())
     assert mode(store.blob_path(blob.digest)) == 0o400
     assert store.fsck().ok
+    # Everything is owner-only but flock's lock files, which hold no byte (core.locking).
+    checked = [root, *root.rglob("*")]
+    wider = [p for p in checked if mode(p) & 0o077]
+    assert all(p.name.endswith(".lock") and p.stat().st_size == 0 for p in wider), wider
+    figures.add("permissions: entries of a new store checked for mode (umask 0)", len(checked))
 
 
 def test_others_cannot_read_an_owner_only_store(shared: Path) -> None:
@@ -158,6 +164,9 @@ def test_an_import_into_a_group_store_keeps_the_group_only_if_the_file_had_it(
         source.chmod(file_mode)
         image = store.import_file(source, f"disk:{seed}")
         assert mode(image.path) == blob_mode, (oct(file_mode), file_gid)
+    figures.add(
+        "permissions: imports into a group store that kept the file's read rights", len(cases)
+    )
 
 
 def test_opening_a_store_never_changes_its_modes_and_fsck_says_what_to_run(
@@ -194,6 +203,23 @@ def test_fsck_of_a_group_store_minds_only_other_users(reader_group: str, tmp_pat
     (store.root / "index.json").chmod(0o644)
     problems = store.fsck().problems
     assert any(f"chmod -R o-rwx {store.root}" in p and "index.json" in p for p in problems)
+
+
+def test_fsck_says_how_to_give_an_owner_only_store_to_a_group(
+    reader_group: str, tmp_path: Path
+) -> None:
+    store = Store(tmp_path / "store")
+    blob = fill(store)
+    grouped = Store(store.root, group=reader_group)
+    problems = grouped.fsck().problems
+    assert len(problems) == 1 and f"group {reader_group} cannot enter the store" in problems[0]
+    for _ in range(2):  # the group's chmod also opens the digest key: fsck says so next
+        for problem in problems:
+            subprocess.run(problem.split("run `")[1].rstrip("`"), shell=True, check=True)
+        problems = grouped.fsck().problems
+    assert problems == []
+    assert mode(store.root / "digest.key") == 0o600
+    assert mode(store.root) == 0o2750 and mode(store.blob_path(blob.digest)) == 0o440
 
 
 def test_the_group_must_exist_and_open_store_applies_it(

@@ -99,23 +99,35 @@ class Access:
         if mode & ~keep:
             os.chmod(blob, mode & keep)
 
-    def exposure(self, root: Path) -> list[str]:
-        """What fsck says of entries readable by users the model does not allow, with the fix."""
+    def problems(self, root: Path) -> list[str]:
+        """What fsck says of entries readable by users the model does not allow (and of a
+        group store its group cannot enter), each with the command that fixes it."""
         classes = [_OTHER] if self.gid is not None else [_GROUP, _OTHER]
         fix = "go-rwx" if self.gid is None else "o-rwx"
         model = "owner-only" if self.gid is None else f"for its owner and group {self.group}"
-        problems = []
+        found = self._unreachable(root)
         for who, read, search in classes:
             # Files first: a readable blob says more than the folder it is in.
-            found = [str(p) for p in sorted(_readable(root, read, search), key=Path.is_dir)]
-            if found:
-                more = ", ..." if len(found) > _EXAMPLES else ""
-                examples = ", ".join(found[:_EXAMPLES]) + more
-                problems.append(
-                    f"{len(found)} entries of the store can be read by {who} ({examples}); the "
+            paths = [str(p) for p in sorted(_readable(root, read, search), key=Path.is_dir)]
+            if paths:
+                more = ", ..." if len(paths) > _EXAMPLES else ""
+                examples = ", ".join(paths[:_EXAMPLES]) + more
+                found.append(
+                    f"{len(paths)} entries of the store can be read by {who} ({examples}); the "
                     f"store is {model}: run `chmod -R {fix} {root}`"
                 )
-        return problems
+        return found
+
+    def _unreachable(self, root: Path) -> list[str]:
+        """A store given to a group after it was made: its root keeps the group out."""
+        st = root.stat()
+        if self.gid is None or (st.st_gid == self.gid and st.st_mode & stat.S_IXGRP):
+            return []
+        return [
+            f"group {self.group} cannot enter the store (its root is group {st.st_gid}, mode "
+            f"{stat.S_IMODE(st.st_mode):o}): run `chgrp -R {self.group} {root} && chmod -R "
+            f"g+rX,g-w {root} && find {root} -type d -exec chmod g+s {{}} +`"
+        ]
 
     def _own(self, path: Path, mode: int) -> None:
         if self.gid is not None:

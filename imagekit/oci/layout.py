@@ -245,13 +245,17 @@ class Layout:
 
     # --- secrets ---------------------------------------------------------------------------
 
+    @property
+    def digest_key_path(self) -> Path:
+        return self.root / "digest.key"
+
     def digest_key(self) -> bytes:
         """This store's key for keyed digests of secrets (``core.digest.keyed_digest``).
 
         Made on first use, 0600 even in a group store, never recorded nor pushed. Build keys
         of steps and kickstarts with secrets depend on it: a new key rebuilds them once.
         """
-        path = self.root / "digest.key"
+        path = self.digest_key_path
         try:
             if not path.exists():
                 atomic.create_file(path, secrets.token_bytes(32), temp=self.new_temp(), mode=0o600)
