@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from imagekit.customize.spec import OperationSpec
 from imagekit.customize.table import OPERATIONS
 from imagekit.recipe import Recipe
 
@@ -50,14 +51,26 @@ def _secrets(tables: tuple[Mapping[str, Any], ...]) -> _Secrets:
     for table in tables:
         for name, raw in table.items():
             spec = OPERATIONS.get(name)
-            if spec is None or not spec.hides_values:
-                continue
-            for value in [raw] if isinstance(raw, str) else raw:
-                shown[value] = spec.shown(value)
-                secret = spec.secret(value)
-                if secret:
-                    spelled.add(secret)
+            if spec is not None and spec.hides_values:
+                for value in _strings(raw):
+                    shown[value], secret = _shown(spec, value)
+                    if secret:
+                        spelled.add(secret)
     return _Secrets(shown, frozenset(spelled))
+
+
+def _strings(raw: object) -> list[str]:
+    items = raw if isinstance(raw, list) else [raw]
+    return [item for item in items if isinstance(item, str)]
+
+
+def _shown(spec: OperationSpec, value: str) -> tuple[str, str | None]:
+    """The value as shown and the secret it spells out; one parse_step would refuse is
+    withheld whole (build parses first, but this is public)."""
+    try:
+        return spec.shown(value), spec.secret(value)
+    except ValueError:
+        return REDACTED, value
 
 
 def _shown_table(table: Mapping[str, Any]) -> dict[str, Any]:
@@ -67,9 +80,9 @@ def _shown_table(table: Mapping[str, Any]) -> dict[str, Any]:
         if spec is None or not spec.hides_values:
             shown[name] = raw
         elif isinstance(raw, str):
-            shown[name] = spec.shown(raw)
+            shown[name] = _shown(spec, raw)[0]
         else:
-            shown[name] = [spec.shown(value) for value in raw]
+            shown[name] = [_shown(spec, value)[0] for value in _strings(raw)]
     return shown
 
 
