@@ -31,6 +31,7 @@ from imagekit.sources.kickstart.redact import REDACTED, redact
 from imagekit.store import Store
 from tests.guestimage import build_guest_tree
 from tests.installer_iso import build_installer_iso
+from tests.reliability import figures
 from tests.test_kickstart import KICKSTART, write_recipe
 
 # Random per run, so that finding one can only mean imagekit wrote it.
@@ -168,9 +169,14 @@ def test_kickstart_secrets_are_redacted_where_they_stand_and_wherever_repeated()
         + f"%post\necho 'alice:{ALICE_SECRET}' | chpasswd\nrootpw is not a command here\n%end\n"
     )
     recorded = redact(text)
-    for secret in (ROOT_SECRET, ALICE_SECRET, FILE_SECRET, "$6$salt$cryptedvalue", "luks-words"):
+    kinds = (ROOT_SECRET, ALICE_SECRET, FILE_SECRET, "$6$salt$cryptedvalue", "luks-words")
+    for secret in kinds:
         assert secret not in recorded.text
         assert secret in recorded.secrets
+    figures.add(
+        "secrets: kickstart secret forms redacted (rootpw, user, bootloader, sshpw, luks)",
+        len(kinds),
+    )
     lines = recorded.text.splitlines()
     assert f"rootpw --plaintext '{REDACTED}'" in lines
     assert f"user --name=alice '--password={REDACTED}' --plaintext" in lines
@@ -236,6 +242,7 @@ def test_a_kickstart_build_records_no_secret(tmp_path: Path, installer_iso: Path
     # the guest's, not a record. Every other file of the store is one.
     read = assert_nowhere(store.root, secret, except_=disk_blobs(store))
     assert read >= 8  # configs, manifests, evidence, console, index, cache entries
+    figures.add("secrets: files of a kickstart build's store grepped, none with a secret", read)
 
 
 def test_a_failed_kickstart_keeps_a_console_log_without_secrets(
@@ -310,6 +317,7 @@ def test_a_build_with_password_steps_records_no_secret(tmp_path: Path) -> None:
     # index.json, the build cache and its records, the digest key.
     read = assert_nowhere(store.root, needles(ROOT_SECRET, FILE_SECRET, generated))
     assert read >= 8
+    figures.add("secrets: files of a password-step build's store grepped, none with a secret", read)
 
     again = cli("build", str(recipe), "--store", str(store_dir), "--json", home=tmp_path)
     assert again.returncode == 0, again.stderr
