@@ -8,6 +8,7 @@ silent default. Nothing here decides which keys are trusted: trust is passed in 
 
 from __future__ import annotations
 
+import grp
 import os
 import tomllib
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class Settings:
 
     store: Path | None = None
     mirror: str | None = None
+    group: str | None = None  # the group that may read the store (None: its owner alone)
 
 
 def _config_home() -> Path:
@@ -69,28 +71,43 @@ def _read_config(path: Path) -> bytes:
     return data
 
 
+def _group(value: str | None, path: Path) -> str | None:
+    """A group that exists on this host: a typo must not leave the store owner-only silently."""
+    if value is not None:
+        try:
+            grp.getgrnam(value)
+        except KeyError:
+            raise RecipeError(
+                f"{path}: group {value!r} does not exist on this host; create it "
+                f"(groupadd {value}) or remove the setting"
+            ) from None
+    return value
+
+
 def load_settings() -> Settings:
     """Settings from the environment over the first config file that exists."""
     store: Path | None = None
     mirror: str | None = None
+    group: str | None = None
     for path in config_files():
         if path.is_file():
             try:
                 data = tomllib.loads(_read_config(path).decode("utf-8"))
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
                 raise RecipeError(f"cannot read config file {path}: {exc}") from exc
-            unknown = sorted(set(data) - {"store", "mirror"})
+            unknown = sorted(set(data) - {"store", "mirror", "group"})
             if unknown:
                 raise RecipeError(f"{path}: unknown setting(s) {', '.join(unknown)}")
             text = _string(data, "store", path)
             store = Path(text).expanduser() if text else None
             mirror = _mirror(_string(data, "mirror", path), str(path))
+            group = _group(_string(data, "group", path), path)
             break
     if os.environ.get(HOME_ENV):
         store = Path(os.environ[HOME_ENV]).expanduser()
     if os.environ.get(MIRROR_ENV):
         mirror = _mirror(os.environ[MIRROR_ENV], MIRROR_ENV)
-    return Settings(store=store, mirror=mirror)
+    return Settings(store=store, mirror=mirror, group=group)
 
 
 def default_store() -> Path:

@@ -33,7 +33,11 @@ def base_config(name: str, version: str, arch: str | None) -> dict[str, Any]:
 
 
 def recipe_config(recipe: Recipe) -> dict[str, Any]:
-    """``base_config`` for an image made from ``recipe``, with the recipe itself recorded."""
+    """``base_config`` for an image made from ``recipe``, with the recipe itself recorded.
+
+    Its text is recorded as it is: a recipe with ``[[customize]]`` steps must come as
+    ``customize.recorded_recipe`` gives it (build does so), so that no secret is recorded.
+    """
     return {
         **base_config(recipe.name, recipe.version, recipe.arch),
         "recipe": {

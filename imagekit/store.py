@@ -33,11 +33,12 @@ FsckReport = gc.FsckReport
 class Store(Layout):
     """A store rooted at ``root``; creating one creates the layout if it is missing.
 
-    ``mirror`` is used by pulls and builds that name none (the config file's ``mirror``).
+    ``mirror`` is used by pulls and builds that name none (the config file's ``mirror``);
+    ``group`` is the group that may read what it writes (None: owner-only; see oci.access).
     """
 
-    def __init__(self, root: Path, *, mirror: str | None = None) -> None:
-        super().__init__(root)
+    def __init__(self, root: Path, *, mirror: str | None = None, group: str | None = None) -> None:
+        super().__init__(root, group=group)
         self.mirror = mirror
 
     @classmethod
@@ -163,8 +164,9 @@ class Store(Layout):
 def open_store(path: str | Path | None = None) -> Store:
     """The store at ``path``, else ``IMAGEKIT_HOME`` or the config file's, else the default.
 
-    The config file's (or ``IMAGEKIT_MIRROR``'s) mirror becomes the store's default mirror.
+    The config file's (or ``IMAGEKIT_MIRROR``'s) mirror becomes the store's default mirror, and
+    its ``group`` the group that may read the store.
     """
     settings = config.load_settings()
     root = Path(path) if path is not None else settings.store or config.default_store()
-    return Store(root, mirror=settings.mirror)
+    return Store(root, mirror=settings.mirror, group=settings.group)

@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 SECRET = "correct horse battery staple"
 BOB_SECRET = "hunter2"
 ALICE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAlice alice@laptop"
+KEY = bytes(32)  # a store's digest key (Layout.digest_key); its value does not matter here
 ROOT_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIRoot root@admin"
 SYSPREP_ALL = "machine-id,ssh-hostkeys,logfiles,tmp-files,bash-history"
 SYSPREP_ALL += ",dhcp-client-state,package-manager-cache,net-hwaddr"
@@ -165,8 +166,10 @@ def test_network_is_needed_by_install_or_when_asked() -> None:
 def test_canonical_step_is_stable_and_secret_free(tmp_path: Path) -> None:
     base = write_inputs(tmp_path)
     step = parse_step(FULL, where="t")
-    first = json.dumps(canonical_step(step, base), sort_keys=True)
-    assert first == json.dumps(canonical_step(parse_step(FULL, where="t"), base), sort_keys=True)
+    first = json.dumps(canonical_step(step, base, KEY), sort_keys=True)
+    assert first == json.dumps(
+        canonical_step(parse_step(FULL, where="t"), base, KEY), sort_keys=True
+    )
     assert SECRET not in first and BOB_SECRET not in first and str(tmp_path) not in first
     assert '"code_version": "1"' in first
     shown = json.dumps(manifest_step(step))
@@ -178,30 +181,30 @@ def test_canonical_step_is_stable_and_secret_free(tmp_path: Path) -> None:
 def test_canonical_step_follows_local_file_contents(tmp_path: Path) -> None:
     base = write_inputs(tmp_path)
     step = parse_step(FULL, where="t")
-    before = canonical_step(step, base)
+    before = canonical_step(step, base, KEY)
     for change in ("motd", "tree/sub/data.txt", "root.password", "alice.pub"):
         (base / change).write_text("x" + (base / change).read_text())
-        after = canonical_step(step, base)
+        after = canonical_step(step, base, KEY)
         assert after != before, change
         before = after
     (base / "motd").chmod(0o600)
-    assert canonical_step(step, base) != before
+    assert canonical_step(step, base, KEY) != before
 
 
 def test_same_secret_or_key_gives_the_same_key_whatever_its_source(tmp_path: Path) -> None:
     base = write_inputs(tmp_path)
     by_file = parse_step({"root_password": "file:root.password"}, where="t")
     by_text = parse_step({"root_password": f"password:{SECRET}"}, where="t")
-    assert canonical_step(by_file, base) == canonical_step(by_text, base)
+    assert canonical_step(by_file, base, KEY) == canonical_step(by_text, base, KEY)
     key_file = parse_step({"ssh_inject": "alice:file:alice.pub"}, where="t")
     key_text = parse_step({"ssh_inject": f"alice:string:{ALICE_KEY}"}, where="t")
-    assert canonical_step(key_file, base) == canonical_step(key_text, base)
+    assert canonical_step(key_file, base, KEY) == canonical_step(key_text, base, KEY)
 
 
 def test_missing_local_files_are_recipe_errors(tmp_path: Path) -> None:
     step = parse_step({"upload": "nothere:/etc/x"}, where="t")
     with pytest.raises(RecipeError, match="nothere"):
-        canonical_step(step, tmp_path)
+        canonical_step(step, tmp_path, KEY)
 
 
 @pytest.mark.parametrize(

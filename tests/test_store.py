@@ -86,7 +86,7 @@ def test_add_bytes_and_json_round_trip(store: Store) -> None:
     d = store.add_bytes(b"hello", "text/plain", {"k": "v"})
     assert d == Descriptor("text/plain", sha(b"hello"), 5, {"k": "v"})
     assert store.read_blob(d.digest) == b"hello"
-    assert store.blob_path(d.digest).stat().st_mode & 0o777 == 0o444
+    assert store.blob_path(d.digest).stat().st_mode & 0o777 == 0o400
 
     j = store.add_json({"b": 1, "a": ["é", 2]}, MEDIA_CONFIG)
     raw = '{"a":["é",2],"b":1}'.encode()
@@ -111,7 +111,7 @@ def test_commit_file_moves_temp_read_only(store: Store) -> None:
     temp.write_bytes(b"x" * 3_000_000)
     d = store.commit_file(temp, sha(b"x" * 3_000_000), MEDIA_DISK_RAW, verify=True)
     assert not temp.exists() and d.size == 3_000_000
-    assert store.blob_path(d.digest).stat().st_mode & 0o777 == 0o444
+    assert store.blob_path(d.digest).stat().st_mode & 0o777 == 0o400
     report = store.fsck()
     assert report.ok and report.blobs_checked == 1 and report.bytes_checked == 3_000_000
 

@@ -59,7 +59,11 @@ class Builder:
 
 
 def build(builder: Builder, recipe: Recipe, *, tag: str | None = None) -> BuildResult:
-    """Build ``recipe`` (pulling or building its base as needed) and tag it."""
+    """Build ``recipe`` (pulling or building its base as needed) and tag it.
+
+    Once its steps are parsed, only the recorded form of the recipe (its secrets shown as the
+    step records show them) goes on: into provenance, the base's config and the ref's identity.
+    """
     ref = str(parse_ref(tag)) if tag else recipe.ref
     layout = builder.session.layout
     with layout.shared_lock():
@@ -67,6 +71,7 @@ def build(builder: Builder, recipe: Recipe, *, tag: str | None = None) -> BuildR
             customize.parse_step(table, where=f"{recipe.path or recipe.name} customize[{i}]")
             for i, table in enumerate(recipe.customize)
         ]
+        recipe = customize.recorded_recipe(recipe)
         base, reports = _base(builder, recipe)
         base_dir = recipe.path.parent if recipe.path else Path.cwd()
         added = apply_steps(builder.step_run(base_dir), base, steps, reports)

@@ -49,5 +49,5 @@ class BuildCache:
 
     def _write(self, name: str, obj: Any) -> None:
         """Replace ``name`` by rename, so a reader or a kill never sees half an entry."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        replace_file(self.directory / name, canonical_json(obj))
+        self.layout.access.make_dir(self.directory)
+        replace_file(self.directory / name, canonical_json(obj), mode=self.layout.access.file_mode)

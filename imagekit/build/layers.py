@@ -66,7 +66,7 @@ def apply_steps(
     parent = base.disk
     for number, step in enumerate(steps, 1):
         started = time.monotonic()
-        canonical = customize.canonical_step(step, run.base_dir)
+        canonical = customize.canonical_step(step, run.base_dir, layout.digest_key())
         key = identity(
             {"parent": parent.digest, "step": canonical, "code": customize.STEP_CODE_VERSION}
         )

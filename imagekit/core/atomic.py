@@ -22,10 +22,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Create ``path`` (it must not exist) with ``data``, flushed to disk before returning."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+def write_new(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Create ``path`` (it must not exist) with ``data``, flushed to disk before returning.
+
+    ``mode`` is exact when given (a store's owner-only files must not depend on the umask);
+    by default the file is 0644 less the umask.
+    """
+    fd = os.open(
+        path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644 if mode is None else 0o600
+    )
     with os.fdopen(fd, "wb") as f:
+        if mode is not None:
+            os.fchmod(f.fileno(), mode)
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -36,7 +44,9 @@ def temp_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
-def replace_file(path: Path, data: bytes, *, temp: Path | None = None, mode: int = 0o644) -> None:
+def replace_file(
+    path: Path, data: bytes, *, temp: Path | None = None, mode: int | None = None
+) -> None:
     """Replace ``path`` with ``data``: temp (beside it unless given), fsync, rename, fsync dir."""
     temp = temp or temp_beside(path)
     try:
@@ -47,7 +57,9 @@ def replace_file(path: Path, data: bytes, *, temp: Path | None = None, mode: int
     fsync_dir(path.parent)
 
 
-def create_file(path: Path, data: bytes, *, temp: Path | None = None, mode: int = 0o644) -> bool:
+def create_file(
+    path: Path, data: bytes, *, temp: Path | None = None, mode: int | None = None
+) -> bool:
     """Create ``path`` with ``data`` unless it exists; False when another writer was first.
 
     link(2) never replaces, so two racing creators cannot clobber each other.

@@ -7,6 +7,7 @@ hex where a file name needs it.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,15 @@ def sha256_bytes(data: bytes) -> str:
 def identity(obj: Any) -> str:
     """``sha256:<hex>`` of an object's canonical JSON: build keys, ref identities, cache keys."""
     return sha256_bytes(canonical_json(obj))
+
+
+def keyed_digest(key: bytes, data: bytes) -> str:
+    """``hmac-sha256:<hex>`` of ``data`` under ``key``: how a secret enters a recorded key.
+
+    An unsalted sha256 of a short password is a dictionary lookup for whoever reads the record;
+    without the key (the store's, never recorded) this one says nothing about ``data``.
+    """
+    return "hmac-sha256:" + hmac.new(key, data, hashlib.sha256).hexdigest()
 
 
 def hexpart(digest: str) -> str:

@@ -54,6 +54,10 @@ def _no_check(value: str) -> None:
     pass
 
 
+def _no_secret(value: str) -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class OperationSpec:
     """One row of the table. ``apply`` None: handled outside apply_step (size, network)."""
@@ -66,6 +70,7 @@ class OperationSpec:
     check: Callable[[str], object] = _no_check  # raises ValueError; run at parse time
     canon: Callable[[str, Path], object] = _literal  # build-key form: secrets/files hashed
     shown: Callable[[str], str] = _as_written  # manifest and progress form: secrets as "set"
+    secret: Callable[[str], str | None] = _no_secret  # the secret a value spells out, if any
     network: bool = False
     version: int = 1
 

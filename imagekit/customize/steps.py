@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagekit.core.digest import canonical_json, keyed_digest
 from imagekit.customize.ops.launch import parse_size
 from imagekit.customize.ops.sysprep import SYSPREP
 from imagekit.customize.spec import ArgKind, Operation, OperationSpec
@@ -74,18 +75,25 @@ def parse_step(table: Mapping[str, object], *, where: str) -> Step:
     return Step(tuple(operations))
 
 
-def canonical_step(step: Step, base_dir: Path) -> dict[str, object]:
-    """The step as the build key sees it: secrets and local files replaced by their sha256."""
+def canonical_step(step: Step, base_dir: Path, digest_key: bytes) -> dict[str, object]:
+    """The step as the build key sees it: local files replaced by their sha256, secrets by a
+    digest keyed with the store's ``digest_key`` (build keys are recorded, and a plain hash of
+    a password in them would be a dictionary lookup for it)."""
     operations: list[object] = []
     for op in step.operations:
         spec = OPERATIONS[op.name]
         arg: object = op.arg
         if spec.kind is ArgKind.TEXT:
-            arg = spec.canon(str(op.arg), base_dir)
+            arg = _canon(spec, str(op.arg), base_dir, digest_key)
         elif spec.kind is not ArgKind.FLAG:
-            arg = [spec.canon(value, base_dir) for value in op.values]
+            arg = [_canon(spec, value, base_dir, digest_key) for value in op.values]
         operations.append({"name": op.name, "version": spec.version, "arg": arg})
     return {"code_version": STEP_CODE_VERSION, "operations": operations}
+
+
+def _canon(spec: OperationSpec, value: str, base_dir: Path, digest_key: bytes) -> object:
+    canon = spec.canon(value, base_dir)
+    return keyed_digest(digest_key, canonical_json(canon)) if spec.hides_values else canon
 
 
 def manifest_step(step: Step) -> dict[str, object]:

@@ -83,7 +83,8 @@ def collect(
 
 
 def fsck(layout: Layout) -> FsckReport:
-    """Rehash every blob and check every ref's manifest, config and layers are present."""
+    """Rehash every blob, check every ref's manifest, config and layers are present, and that
+    nobody the store's permission model leaves out can read it (oci.access)."""
     problems: list[str] = []
     with layout.shared_lock():
         try:
@@ -91,6 +92,8 @@ def fsck(layout: Layout) -> FsckReport:
         except StoreError as e:
             problems.append(str(e))
         count, nbytes = _check_blobs(layout, problems)
+        problems.extend(layout.access.problems(layout.root))
+        _check_digest_key(layout, problems)
         try:
             entries = layout.entries()
         except StoreError as e:
@@ -179,7 +182,7 @@ def _check_blobs(layout: Layout, problems: list[str]) -> tuple[int, int]:
         if st.st_mode & 0o222:
             problems.append(
                 f"blob sha256:{path.name} is writable (mode {stat.S_IMODE(st.st_mode):o}); "
-                f"run `chmod 0444 {path}`"
+                f"run `chmod {layout.access.blob_mode:04o} {path}`"
             )
         try:
             with path.open("rb") as f:
@@ -195,6 +198,20 @@ def _check_blobs(layout: Layout, problems: list[str]) -> tuple[int, int]:
                 f"{path} and pull the images that use it again"
             )
     return count, nbytes
+
+
+def _check_digest_key(layout: Layout, problems: list[str]) -> None:
+    """The key secrets enter build keys with is the owner's alone, group store or not."""
+    path = layout.digest_key_path
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return
+    if mode & 0o077:
+        problems.append(
+            f"the store's digest key {path} can be read by others (mode {mode:o}), who could "
+            f"then try guesses at the secrets in build keys: run `chmod 0600 {path}`"
+        )
 
 
 def _check_image(layout: Layout, entry: Descriptor, problems: list[str]) -> None:

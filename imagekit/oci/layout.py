@@ -22,6 +22,7 @@ from imagekit.core.locking import FileLock
 from imagekit.core.refs import DIGEST_RE, parse_ref
 from imagekit.errors import StoreError
 from imagekit.oci import lookup
+from imagekit.oci.access import Access
 from imagekit.oci.descriptor import Descriptor as Descriptor  # re-exported: callers import it here
 from imagekit.oci.media import (
     ARTIFACT_TYPE,
@@ -42,8 +43,9 @@ class Layout:
     stages above write through it, and :class:`imagekit.Store` adds the workflows.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, group: str | None = None) -> None:
         self.root = Path(root).absolute()
+        self.access = Access.of(group)
         self.blobs_dir = self.root / "blobs" / "sha256"
         self.tmp_dir = self.root / "tmp"
         self.cache_dir = self.root / "cache"
@@ -53,8 +55,17 @@ class Layout:
         try:
             if self._layout.exists():
                 self.check_layout()
-            for d in (self.blobs_dir, self.tmp_dir, self.cache_dir, self.locks_dir):
-                d.mkdir(parents=True, exist_ok=True)
+            else:  # a new store: its root becomes the gate (see oci.access)
+                self.root.parent.mkdir(parents=True, exist_ok=True)
+                self.access.make_dir(self.root, claim_empty=True)
+            for d in (
+                self.blobs_dir.parent,
+                self.blobs_dir,
+                self.tmp_dir,
+                self.cache_dir,
+                self.locks_dir,
+            ):
+                self.access.make_dir(d)
             self._create_file(self._layout, canonical_json({"imageLayoutVersion": LAYOUT_VERSION}))
             self._create_file(self._index, _index_bytes(_empty_index()))
         except OSError as e:
@@ -101,7 +112,7 @@ class Layout:
             if _intact(dest, digest, path.stat().st_size):
                 path.unlink()
             else:
-                _seal(path, digest if verify else None)
+                _seal(path, digest if verify else None, self.access)
                 os.rename(path, dest)
                 atomic.fsync_dir(self.blobs_dir)
             size = dest.stat().st_size
@@ -235,6 +246,32 @@ class Layout:
         """Find a manifest by ``name:tag``, ``name``, digest, or a digest prefix of 12+ hex."""
         return lookup.resolve(self, ref_or_digest)
 
+    # --- secrets ---------------------------------------------------------------------------
+
+    @property
+    def digest_key_path(self) -> Path:
+        return self.root / "digest.key"
+
+    def digest_key(self) -> bytes:
+        """This store's key for keyed digests of secrets (``core.digest.keyed_digest``).
+
+        Made on first use, 0600 even in a group store, never recorded nor pushed. Build keys
+        of steps and kickstarts with secrets depend on it: a new key rebuilds them once.
+        """
+        path = self.digest_key_path
+        try:
+            if not path.exists():
+                atomic.create_file(path, secrets.token_bytes(32), temp=self.new_temp(), mode=0o600)
+            key = path.read_bytes()
+        except OSError as e:
+            raise write_error(e, path) from e
+        if len(key) != 32:
+            raise StoreError(
+                f"the store's digest key {path} is damaged ({len(key)} bytes, not 32): delete "
+                "it; steps and kickstarts with secrets are then built again once"
+            )
+        return key
+
     # --- locks -----------------------------------------------------------------------------
 
     def shared_lock(self, *, timeout: float | None = None) -> FileLock:
@@ -294,11 +331,11 @@ class Layout:
 
     def _create_file(self, path: Path, data: bytes) -> None:
         """Create ``path`` with ``data`` unless it exists: link never clobbers a racing creator."""
-        atomic.create_file(path, data, temp=self.new_temp())
+        atomic.create_file(path, data, temp=self.new_temp(), mode=self.access.file_mode)
 
     def _replace_file(self, path: Path, data: bytes) -> None:
         try:
-            atomic.replace_file(path, data, temp=self.new_temp())
+            atomic.replace_file(path, data, temp=self.new_temp(), mode=self.access.file_mode)
         except OSError as e:
             raise write_error(e, path) from e
 
@@ -375,8 +412,9 @@ def _intact(blob: Path, digest: str, size: int) -> bool:
         return False
 
 
-def _seal(path: Path, expected: str | None) -> None:
-    """Make a temp file durable and read-only, checking its digest first if asked to."""
+def _seal(path: Path, expected: str | None, access: Access) -> None:
+    """Make a temp file durable and read-only (the store's mode and group), checking its digest
+    first if asked to."""
     with path.open("rb") as f:
         if expected is not None:
             actual = "sha256:" + hash_stream(f)["sha256"]
@@ -387,4 +425,4 @@ def _seal(path: Path, expected: str | None) -> None:
                     "corrupt or changed upstream, so it was deleted: fetch it again"
                 )
         os.fsync(f.fileno())
-        os.fchmod(f.fileno(), 0o444)
+        access.seal(f.fileno())

@@ -16,7 +16,10 @@ from imagekit.verify.policy import UNVERIFIED, Expectation
 
 
 def import_file(session: Session, path: Path, ref: str, *, disk_format: str | None = None) -> Image:
-    """Store a local qcow2/raw, inspected like a download, recorded unverified, tagged ``ref``."""
+    """Store a local qcow2/raw, inspected like a download, recorded unverified, tagged ``ref``.
+
+    The blob is readable by no one the file itself was not readable by (oci.access).
+    """
     parsed = parse_ref(ref)
     if not path.is_file():
         raise RecipeError(f"{path} is not a file")
@@ -34,6 +37,7 @@ def import_file(session: Session, path: Path, ref: str, *, disk_format: str | No
             "verification": provenance.unverified_record(),
             "disk": provenance.disk_record(disk, info),
         }
+        layout.access.narrow(layout.blob_path(disk.digest), path.stat())
         manifest = layout.write_manifest(
             config, [disk], {CREATED_ANNOTATION: str(config["created"])}
         )

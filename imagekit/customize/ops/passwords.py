@@ -81,6 +81,16 @@ def _selector_shown(text: str) -> str:
     )
 
 
+def _selector_secret(text: str) -> str | None:
+    """What ``password:SECRET`` spells out; a file's or a random password is not in the text."""
+    sel = _selector(text)
+    return sel.value if sel.kind == "password" else None
+
+
+def _password_secret(value: str) -> str | None:
+    return _selector_secret(_split_user(value)[1])
+
+
 def _password_canon(value: str, base_dir: Path) -> object:
     user, selector = _split_user(value)
     return f"{user}:{_selector_canon(selector, base_dir)}"
@@ -152,9 +162,9 @@ def _apply_password(ctx: Context, value: str) -> None:
 OPERATIONS = (
     OperationSpec("root_password", ArgKind.TEXT, "SELECTOR", "set root's password: file:PATH, "
         "password:SECRET, random, disabled, locked:...", _apply_root_password,
-        check=_selector, canon=_selector_canon, shown=_selector_shown),
+        check=_selector, canon=_selector_canon, shown=_selector_shown, secret=_selector_secret),
     OperationSpec("password", ArgKind.LIST, "USER:SELECTOR", "set a user's password (selectors "
         "as for root_password)", each(_apply_password), check=_check_password,
-        canon=_password_canon, shown=_password_shown),
+        canon=_password_canon, shown=_password_shown, secret=_password_secret),
 )
 # fmt: on

@@ -4,7 +4,8 @@ Everything that can be checked before a VM boots is checked first: the kickstart
 :mod:`.validate`, the installer ISO fetched and verified like any image (or a local ISO
 digest-pinned) and its boot files read by :mod:`.iso`. :mod:`imagekit.guest.vm` runs the VM.
 The build key covers the installer's digest, the rendered kickstart and every VM setting that
-can change the disk, so an unchanged rebuild boots nothing.
+can change the disk, so an unchanged rebuild boots nothing. The kickstart enters it keyed with
+the store's digest key and is recorded with its secrets redacted (:mod:`.redact`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from imagekit import provenance
-from imagekit.core.digest import copy_hashing, file_digest, hexpart, identity, sha256_bytes
+from imagekit.core import atomic
+from imagekit.core.digest import copy_hashing, file_digest, hexpart, identity, keyed_digest
 from imagekit.disk import header, qemu_img
-from imagekit.errors import CustomizeError, RecipeError, VerificationError
+from imagekit.errors import CustomizeError, ImagekitError, RecipeError, VerificationError
 from imagekit.guest import vm as installer
 from imagekit.image import Image
 from imagekit.oci.layout import Descriptor, Layout
@@ -34,6 +36,7 @@ from imagekit.progress import ProgressCallback, ProgressEvent
 from imagekit.recipe import KickstartSource, Recipe, load_installer
 from imagekit.sources import http
 from imagekit.sources.kickstart.iso import BootFiles, extract, make_oemdrv, read_boot_files
+from imagekit.sources.kickstart.redact import Redacted, redact
 from imagekit.sources.kickstart.validate import render, syntax_version, validate
 from imagekit.verify.policy import PINNED
 
@@ -51,13 +54,15 @@ class Installer:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A kickstart build's inputs, validated; ``key`` is its build key."""
+    """A kickstart build's inputs, validated; ``key`` is its build key, ``recorded`` the
+    kickstart as the image may record it."""
 
     source: KickstartSource
     installer: Installer
     kickstart: str
     syntax: str
     key: str
+    recorded: Redacted
 
 
 def prepare(session: http.Session, recipe: Recipe, source: KickstartSource) -> Prepared:
@@ -73,12 +78,12 @@ def prepare(session: http.Session, recipe: Recipe, source: KickstartSource) -> P
     key = identity(
         {
             "installer": found.iso.digest,
-            "kickstart": sha256_bytes(text.encode()),
+            "kickstart": keyed_digest(session.layout.digest_key(), text.encode()),
             "vm": vm_parameters(source),
             "code": KICKSTART_CODE_VERSION,
         }
     )
-    return Prepared(source, found, text, syntax, key)
+    return Prepared(source, found, text, syntax, key, redact(text))
 
 
 def vm_parameters(source: KickstartSource) -> dict[str, Any]:
@@ -139,10 +144,15 @@ def install(store: Layout, recipe: Recipe, prepared: Prepared, progress: Progres
     """Boot the installer on a fresh disk, check and compact the result, store it with evidence."""
     boot = read_boot_files(store.blob_path(prepared.installer.iso.digest), recipe.arch)
     log = console_log_path(store, prepared.key)
-    ran, stored = _run_installer(store, prepared, boot, log, progress)
+    try:
+        ran, stored = _run_installer(store, prepared, boot, log, progress)
+    except ImagekitError as exc:  # the log stays for the user, the error is shown: no secret
+        _scrub_log(store, log, prepared.recorded)
+        exc.args = tuple(prepared.recorded.scrub(str(arg)) for arg in exc.args)
+        raise
     evidence = [
-        store.add_bytes(prepared.kickstart.encode(), MEDIA_EVIDENCE_KICKSTART),
-        store.add_bytes(log.read_bytes(), MEDIA_EVIDENCE_CONSOLE_LOG),
+        store.add_bytes(prepared.recorded.text.encode(), MEDIA_EVIDENCE_KICKSTART),
+        store.add_bytes(_scrubbed(log.read_bytes(), prepared.recorded), MEDIA_EVIDENCE_CONSOLE_LOG),
     ]
     log.unlink()  # a blob now; the live copy stays only when a build fails
     config = {
@@ -215,7 +225,8 @@ def _source_record(
             "digest": kickstart_blob.digest,
             "syntax": prepared.syntax,
             "forced": prepared.source.force,
-            "text": prepared.kickstart,
+            "text": prepared.recorded.text,
+            "secrets_redacted": len(prepared.recorded.secrets),
         },
         "boot": {"kernel": boot.kernel, "initrd": boot.initrd, "volume_id": boot.volume_id},
         "vm": vm_parameters(prepared.source),
@@ -230,8 +241,26 @@ def _source_record(
 def console_log_path(store: Layout, key: str) -> Path:
     """Where a build's console is written live (``tail -f`` it); kept after a failure."""
     directory = store.cache_dir / "kickstart"
-    directory.mkdir(parents=True, exist_ok=True)
+    store.access.make_dir(directory)
     return directory / f"{hexpart(key)}.console.log"
+
+
+def _scrubbed(data: bytes, recorded: Redacted) -> bytes:
+    """The console with the kickstart's secrets cut (an installer may echo its kickstart)."""
+    return recorded.scrub(data.decode("utf-8", "surrogateescape")).encode(
+        "utf-8", "surrogateescape"
+    )
+
+
+def _scrub_log(store: Layout, log: Path, recorded: Redacted) -> None:
+    """Cut the secrets from the console log a failed build leaves for its user to read."""
+    try:
+        data = log.read_bytes()
+    except FileNotFoundError:
+        return
+    scrubbed = _scrubbed(data, recorded)
+    if scrubbed != data:
+        atomic.replace_file(log, scrubbed, temp=store.new_temp(), mode=store.access.file_mode)
 
 
 def _label(volume_id: str) -> str:
