@@ -191,9 +191,9 @@ def _plan(stack: ExitStack, options: BootOptions, workdir: Path, port: int) -> _
     spec, target = _with_ssh(options, workdir, port)
     if options.seed is not None:
         return _Plan(_cdrom(options.seed), str(options.seed), target)
-    if spec is None:
+    if spec is None and not options.seedless:
         return _Plan([], None, target)
-    files = render(spec)
+    files = render(spec or SeedSpec())
     if options.seedless:
         served = stack.enter_context(serve_seed(files))
         serial = smbios_serial(served)

@@ -156,7 +156,8 @@ def _user_data(spec: SeedSpec) -> str:
         if not isinstance(existing, list):
             raise RecipeError(f"{spec.user_data}: {key} must be a list to be extended")
         document[key] = [*existing, *value]
-    return f"{HEADER}\n" + yaml.safe_dump(document, sort_keys=False, width=1 << 16)
+    body = yaml.safe_dump(document, sort_keys=False, width=1 << 16) if document else ""
+    return f"{HEADER}\n{body}"
 
 
 def _additions(spec: SeedSpec) -> dict[str, Any]:
