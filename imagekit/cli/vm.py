@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 import imagekit
-from imagekit.boot import BootOptions, SeedSpec
 from imagekit.cli.app import JsonOption, StoreOption, app, emit_json, open_store, progress_display
 from imagekit.errors import RecipeError
+
+if TYPE_CHECKING:  # imagekit.boot loads qemu's supervisor and pycdlib: only when a command runs
+    from imagekit.boot import SeedSpec
 
 PublicKeys = Annotated[
     list[Path] | None,
@@ -47,6 +49,8 @@ def seed(
     as_json: JsonOption = False,
 ) -> None:
     """Write a cloud-init NoCloud seed ISO (label cidata) for a cloud image's first boot."""
+    from imagekit.boot import SeedSpec
+
     spec = SeedSpec(
         hostname=hostname,
         user=user,
@@ -107,6 +111,8 @@ def boot(
     as_json: JsonOption = False,
 ) -> None:
     """Boot a stored image on a throwaway overlay and wait until it is ready."""
+    from imagekit.boot import BootOptions
+
     spec, seedless = _cloud_init(cloud_init) if cloud_init else (None, False)
     options = BootOptions(
         seed=seed_iso,
@@ -136,6 +142,8 @@ def boot(
 
 def _cloud_init(text: str) -> tuple[SeedSpec, bool]:
     """``hostname=web1,user=alice,ssh-key=~/.ssh/id.pub,seedless`` as a seed spec."""
+    from imagekit.boot import SeedSpec
+
     values: dict[str, list[str]] = {}
     seedless = False
     for item in filter(None, text.split(",")):
