@@ -198,6 +198,7 @@ def test_bad_options_boot_nothing(boot_store: Store, tmp_path: Path) -> None:
         (BootOptions(seed=seed, cloud_init=SeedSpec()), "not both"),
         (BootOptions(seed=tmp_path / "missing.iso"), "is not a file"),
         (BootOptions(console=True, ssh="true"), "exclude each other"),
+        (BootOptions(memory_mib=0), "at least 64 MiB"),
         (BootOptions(cloud_init=SeedSpec(hostname="bad_name")), "not a valid host name"),
     ):
         with pytest.raises(RecipeError, match=match):

@@ -182,6 +182,8 @@ def _check(options: BootOptions) -> None:
         raise RecipeError("a seedless boot serves cloud-init options; it takes no seed ISO")
     if options.timeout <= 0:
         raise RecipeError(f"timeout must be positive, not {options.timeout:g}")
+    if options.memory_mib < 64 or options.vcpus < 1:
+        raise RecipeError("give the VM at least 64 MiB of memory and one vCPU")
     if options.console and options.ssh:
         raise RecipeError("--console and --ssh exclude each other: the console is yours")
 
