@@ -55,3 +55,9 @@ class CustomizeError(ImagekitError):
     """A customization step failed inside the guest."""
 
     exit_code = 7
+
+
+class BootError(ImagekitError):
+    """A booted image did not become ready: no marker, no SSH login, or it failed on its console."""
+
+    exit_code = 8

@@ -22,6 +22,7 @@ from imagekit.recipe import Recipe, load_recipe
 # The workflows load their stages on first use: `imagekit --help` and a cache-hit pull must not
 # pay for the appliance, installer and download code (benchmarks/pull.py holds the start-up time).
 if TYPE_CHECKING:
+    from imagekit.boot import BootOptions, BootReport, SeedReport, SeedSpec
     from imagekit.build import BuildResult
     from imagekit.net.transport import Transport
     from imagekit.sources import http
@@ -131,6 +132,33 @@ class Store(Layout):
 
         session = self._session(progress, {})
         return local.import_file(session, Path(path), ref, disk_format=disk_format)
+
+    def boot(
+        self,
+        ref: str,
+        options: BootOptions | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> BootReport:
+        """Boot a stored image on a throwaway overlay until it is ready (see BootOptions).
+
+        BootError (with the console's tail) when it is not; the stored blobs are never written,
+        and gc waits for the boot to end.
+        """
+        from imagekit.boot import BootOptions, boot_check
+
+        with self.shared_lock():
+            image = self.image(ref)
+            return boot_check(
+                self, image, options or BootOptions(), progress=progress or ignore_progress
+            )
+
+    @staticmethod
+    def seed(dest: Path, spec: SeedSpec) -> SeedReport:
+        """Write a NoCloud seed ISO for ``spec`` to ``dest``; nothing of it enters the store."""
+        from imagekit.boot import make_nocloud_seed
+
+        return make_nocloud_seed(dest, spec)
 
     def image(self, ref_or_digest: str) -> Image:
         """The stored image a ref or manifest digest names."""

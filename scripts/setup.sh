@@ -11,6 +11,9 @@ packages=(
     genisoimage               # test images in other formats (ISO)
     curl                      # benchmark baseline
     util-linux                # prlimit caps qemu-img on untrusted files
+    openssh-client            # imagekit boot --ssh (ssh, ssh-keygen)
+    syslinux mtools dosfstools  # the bootable test disk (tests/bootdisk.py), no loop device
+    dropbear-bin              # the SSH server inside that test disk (boot --ssh test)
 )
 missing=()
 for package in "${packages[@]}"; do
