@@ -8,6 +8,7 @@ print(image.path, image.verification)
 
 from imagekit._version import __version__
 from imagekit.errors import (
+    BootError,
     ChecksumError,
     CustomizeError,
     FetchError,
@@ -28,6 +29,7 @@ from imagekit.verify.local import verify_local
 from imagekit.verify.policy import VerifiedChecksums, verify_checksum_file
 
 __all__ = [
+    "BootError",
     "ChecksumError",
     "CustomizeError",
     "FetchError",
