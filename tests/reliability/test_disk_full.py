@@ -16,6 +16,7 @@ from imagekit.store import Store
 from tests.conftest import Upstream, make_qcow2
 from tests.reliability import figures
 from tests.reliability.storecheck import assert_consistent, partial_size, publish_alone
+from tests.require import require
 
 TMPFS_SIZE = 6 << 20
 
@@ -29,8 +30,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         capture_output=True,
         text=True,
     )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    require(done.returncode == 0, f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
         yield mountpoint
     finally:
