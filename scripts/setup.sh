@@ -11,6 +11,7 @@ packages=(
     genisoimage               # test images in other formats (ISO)
     curl                      # benchmark baseline
     util-linux                # prlimit caps qemu-img on untrusted files
+    strace                    # tests/test_durability.py traces the fsync/rename order of commits
 )
 missing=()
 for package in "${packages[@]}"; do
