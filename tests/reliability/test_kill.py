@@ -83,9 +83,15 @@ def image_gets(server: LoopbackServer) -> list[str | None]:
     return [e.range for e in server.log(IMAGE_PATH) if e.method == "GET"]
 
 
-def assert_resumed_from(server: LoopbackServer, kept: int, context: str) -> None:
-    """The run's first image request asks for exactly what the partial lacks (or nothing)."""
+def assert_resumed_from(
+    server: LoopbackServer, kept: int, context: str, *, requested: bool = False
+) -> None:
+    """The run's first image request asks for exactly what the partial lacks (or nothing).
+
+    ``requested``: the run must have asked for the image (it wrote bytes of it).
+    """
     gets = image_gets(server)
+    assert gets or not requested, f"seed {SEED}, {context}: the image was never requested"
     if gets:
         expected = f"bytes={kept}-" if kept else None
         assert gets[0] == expected, f"seed {SEED}, {context}: kept {kept} bytes, asked {gets[0]}"
@@ -113,7 +119,7 @@ def test_kill_at_byte_offsets_resumes_each_time(
         upstream.server.clear_log()
         run_killed({**spec, "byte": offset})
         assert partial_size(store) == offset, f"seed {SEED}: kill at byte {offset}"
-        assert_resumed_from(upstream.server, kept, f"kill at byte {offset}")
+        assert_resumed_from(upstream.server, kept, f"kill at byte {offset}", requested=True)
         assert_consistent(store)
         assert store.refs() == []
     finish(store, upstream.server, recipe, big_image, "after the byte kills")
