@@ -137,3 +137,4 @@ def test_pull_on_a_full_disk_is_a_typed_error(
     with pytest.raises(ImagekitError, match=r"disk full|no space"):
         store.pull(imagekit.load_recipe(recipe))
     assert_consistent(store)
+    figures.add("disk-full cases ending in a clear error and a usable store")

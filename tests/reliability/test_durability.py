@@ -23,10 +23,12 @@ import pytest
 
 from tests.conftest import REPO
 from tests.httpserver import LoopbackServer
+from tests.reliability import figures
 from tests.require import require
 
 TRACED = "fsync,fdatasync,rename,renameat,renameat2,link,linkat,openat,write,pwrite64"
 DOWNLOAD = b"downloaded bytes " * 4096
+COMMITS = "commits traced in order (write, fsync, rename/link, fsync dir)"
 
 # Every commit the store and the downloader make: layout creation (link), a blob from bytes,
 # a download's resume sidecar, the downloaded file moved into blobs/, a manifest, a tag.
@@ -156,6 +158,7 @@ def test_creating_the_layout_syncs_file_link_then_directory(
     root, _, calls = traced
     assert_committed(calls, root / "oci-layout")
     assert_committed(calls, root / "index.json")  # the empty index, linked into place
+    figures.add(COMMITS, 2)
 
 
 def test_a_blob_from_bytes_is_synced_renamed_then_its_directory_synced(
@@ -164,6 +167,7 @@ def test_a_blob_from_bytes_is_synced_renamed_then_its_directory_synced(
     root, digests, calls = traced
     assert len(moves_to(calls, blob(root, digests["blob"]))) == 1
     assert_committed(calls, blob(root, digests["blob"]))
+    figures.add(COMMITS)
 
 
 def test_a_downloaded_blob_and_its_sidecar_follow_the_same_order(
@@ -174,6 +178,7 @@ def test_a_downloaded_blob_and_its_sidecar_follow_the_same_order(
     assert_committed(calls, root / "tmp" / "traced.part.json")
     at, _ = assert_committed(calls, blob(root, digests["disk"]))
     assert calls[at].paths[0] == str(root / "tmp" / "traced.part")  # the download itself
+    figures.add(COMMITS, 2)
 
 
 def test_a_tag_is_durable_and_names_only_durable_blobs(
@@ -186,3 +191,4 @@ def test_a_tag_is_durable_and_names_only_durable_blobs(
     # Every blob the new index names was durable before the index could name it.
     durable = [assert_committed(calls, blob(root, digest))[1] for digest in digests.values()]
     assert max(durable) < tagged
+    figures.add(COMMITS)
