@@ -9,9 +9,11 @@ It runs nothing itself. Give it what a run left: the JSON file the suite writes 
 
 A row's cell comes from its template in ``TEMPLATES`` (keyed by the row's first test, or by its
 promise when it names none): ``{name}`` is a printed figure or note, ``{name|0}`` falls back to
-``0`` when the run never counted it. A row whose figures are not all in the run (tests that did
-not run, e.g. ``-m "not guestfs"``) keeps its cell, and so does a row without a template; both
-are listed on stderr. The "Last run:" line is rewritten from the run's outcome counts.
+``0`` when the run never counted it. A row without a template whose cell is written as the suite
+prints figures (``name: value``, several joined by ``; ``) gets the run's values for the names
+it printed. A row whose figures are not in the run (tests that did not run, e.g.
+``-m "not guestfs"``) keeps its cell, and is listed on stderr. The "Last run:" line is rewritten
+from the run's outcome counts.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ TEMPLATES = {
         "{kill points: commit phase} kill points; bytes sent by the server = image size exactly"
     ),
     "test_kill.py::test_kill_after_random_delays": (
-        "{kill points: random delays} kills, all required ({random-delay kills that landed "
-        "mid-download|0} mid-download), delays {random kill delays (s)} s"
+        "{kill points: random delays} kills, all required ({random-delay kills during the image "
+        "download|0} during the image download), delays {random kill delays (s)} s"
     ),
     "test_kill.py::test_kill_gc_mid_sweep": "{kill points: gc sweep} kill points",
     "test_kill.py::test_kill_export_leaves_old_destination_and_store": (
@@ -183,6 +185,17 @@ def render(template: str, run: Run) -> str | None:
     return None if missing else text
 
 
+def refresh_printed(cell: str, run: Run) -> str | None:
+    """A ``name: value[; name: value]`` cell with the run's values, or None if it has none."""
+    parts, changed = [], False
+    for part in cell.split("; "):
+        name, colon, _ = part.rpartition(": ")
+        value = run.value(name, None) if colon else None
+        parts.append(part if value is None else f"{name}: {value}")
+        changed = changed or value is not None
+    return "; ".join(parts) if changed else None
+
+
 def row_key(cells: list[str]) -> str:
     """A row's first test (``file.py::name`` or ``file.py``), else its promise."""
     found = _FIRST_TEST.search(cells[1])
@@ -197,11 +210,11 @@ def update(doc: str, run: Run) -> tuple[str, list[str]]:
         if line.startswith("| ") and len(cells) == 3 and not set(cells[0]) <= {"-"}:
             key = row_key(cells)
             template = TEMPLATES.get(key)
-            filled = render(template, run) if template else None
+            filled = render(template, run) if template else refresh_printed(cells[2], run)
             if filled is not None:
-                line = f"| {cells[0]} | {cells[1]} | {filled} |"
+                line = "|" + "|".join(f" {c} " if c else " " for c in [*cells[:2], filled]) + "|"
             elif key != "promise":
-                kept.append(f"{key}: {'no template' if template is None else 'not in this run'}")
+                kept.append(f"{key}: not in this run")
         elif line.startswith("Last run:") and run.summary:
             command = " ".join(["pytest", *run.args]) if run.args else "pytest tests/reliability"
             line = (

@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, Upstream
+from tests.reliability import figures
 
 FILENAME = "Streams-Cloud-1.qcow2"
 ANSI = b"\x1b"
+STREAMS = "stdout/stderr layouts (pipe, pty) with only results on stdout"
 
 
 def _drain(fd: int, into: list[bytes]) -> None:
@@ -95,6 +97,7 @@ def test_stdout_carries_only_the_result(
         assert ANSI in err, "the progress bar belongs on the terminal's stderr"
     else:
         assert err == b""  # no bar into a pipe or a log file
+    figures.add(STREAMS)
 
 
 @pytest.mark.parametrize("stdout_tty", [False, True], ids=["stdout-pipe", "stdout-pty"])
@@ -107,3 +110,4 @@ def test_json_on_stdout_parses_with_stderr_on_a_terminal(
     assert ANSI not in out and ANSI not in err
     result = json.loads(out.decode().replace("\r\n", "\n"))
     assert result["ref"] == "test-cloud:1" and result["cached"] is False
+    figures.add(STREAMS)

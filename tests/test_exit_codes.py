@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, Upstream, make_qcow2
+from tests.reliability import figures
 
 FILENAME = "Exit-Cloud-1.qcow2"
 
@@ -150,3 +151,4 @@ def test_each_error_class_exits_with_its_code_and_one_line(
         assert lines == ["imagekit: interrupted"]
     else:
         assert lines[0].startswith("imagekit: error: ") and case.message in lines[0], lines
+    figures.add("exit codes: error classes ending in their code and one line")

@@ -20,6 +20,7 @@ DOC = """\
 | names | `test_names.py` | 1 hostile names refused |
 | builds | `test_build_kills.py` | old build figures |
 | someone else's row | `test_new.py` | as its author wrote it |
+| printed figures | `test_other.py` | hostile names refused: 1; not a figure: x |
 
 Last run: `1 passed in 1s` on the 2-core development machine.
 """
@@ -71,7 +72,9 @@ def check(script: ModuleType, source: Path, tmp_path: Path) -> list[str]:
     )
     assert cells["names"] == "36 hostile names refused"
     assert cells["builds"] == "old build figures"  # not in this run: kept
-    assert cells["someone else's row"] == "as its author wrote it"  # no template: kept
+    assert cells["someone else's row"] == "as its author wrote it"  # no figure in it: kept
+    assert cells["printed figures"] == "hostile names refused: 36; not a figure: x"
+    assert "| all of the above | | **35" in doc.read_text()
     return [line for line in doc.read_text().splitlines() if line.startswith("Last run:")] + kept
 
 
@@ -81,7 +84,7 @@ def test_figures_from_captured_pytest_output(script: ModuleType, tmp_path: Path)
     last, *kept = check(script, source, tmp_path)
     assert last.startswith("Last run: `120 passed, 1 skipped, 9 deselected in 95.31s`")
     assert "kept as it was: test_build_kills.py: not in this run\n" in kept
-    assert "kept as it was: test_new.py: no template\n" in kept
+    assert "kept as it was: test_new.py: not in this run\n" in kept
 
 
 def test_figures_from_the_json_the_suite_writes(script: ModuleType, tmp_path: Path) -> None:
