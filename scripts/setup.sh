@@ -14,6 +14,7 @@ packages=(
     openssh-client            # imagekit boot --ssh (ssh, ssh-keygen)
     syslinux mtools dosfstools  # the bootable test disk (tests/bootdisk.py), no loop device
     dropbear-bin              # the SSH server inside that test disk (boot --ssh test)
+    strace                    # tests/reliability/test_durability.py traces the fsync/rename order of commits
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -279,6 +279,13 @@ def test_stalled_body_times_out_and_resumes(server: LoopbackServer, tmp_dir: Pat
 
     assert_complete(result, data)
     assert (result.resumed_from, result.transferred) == (0, len(data))
+    # The server never failed: only a read timeout ends a response early. Each stall did, and
+    # the next request asked for exactly the bytes after the ones kept.
+    first, *resumed = server.log("img")
+    assert (first.range, first.status) == (None, 200)
+    assert resumed and all(entry.status == 206 for entry in resumed), server.log()
+    starts = [int((entry.range or "").removeprefix("bytes=").rstrip("-")) for entry in resumed]
+    assert starts[0] > 0 and starts == sorted(set(starts)) and starts[-1] < len(data), starts
 
 
 def test_server_errors_are_retried(server: LoopbackServer, downloader: Downloader) -> None:

@@ -43,10 +43,14 @@ def emit_json(obj: Any) -> None:
 
 @contextmanager
 def progress_display(enabled: bool) -> Iterator[ProgressCallback]:
-    """A rich progress bar on a terminal; nothing in pipes or with --json."""
+    """A rich progress bar on stderr when it is a terminal; nothing in pipes or with --json.
+
+    stdout carries only results (text or JSON), whatever stderr is.
+    """
     if not enabled or not sys.stderr.isatty():
         yield ignore_progress
         return
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -62,6 +66,7 @@ def progress_display(enabled: bool) -> Iterator[ProgressCallback]:
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
+        console=Console(stderr=True),
         transient=True,
     ) as bar:
         task = bar.add_task("starting", total=None)

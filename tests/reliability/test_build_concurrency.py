@@ -5,16 +5,21 @@ The promise (issue #6): the step runs once, the second builder waits for the fir
 reuses it, both refs resolve to the same disks, the store is consistent, ``tmp/`` is empty, and a
 third build launches nothing. Builds are not bit-identical (ext4 timestamps, UUIDs), so without
 the per-build-key lock the two builders would each make their own layers.
+
+Launches are counted where they happen, not from the builders' own ``cached`` flags: the
+builders' libguestfs runs qemu through a wrapper (``LIBGUESTFS_HV``) that logs every boot.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import guestfs
 import pytest
 
 import imagekit
@@ -36,8 +41,27 @@ write = ["/etc/motd:built by whichever builder won"]
 """
 
 
+def boot_counter(directory: Path) -> tuple[Path, Path]:
+    """A qemu for LIBGUESTFS_HV that appends a line to a log per boot (a run with -kernel).
+
+    libguestfs also runs its qemu to query features (-help, -version, QMP); those boot nothing.
+    """
+    real = guestfs.GuestFS(python_return_dict=True).get_hv()
+    log = directory / "boots.log"
+    log.write_text("")
+    wrapper = directory / "qemu-counting"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'for arg; do [ "$arg" = -kernel ] && echo "$$" >> {log}; done\n'
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper, log
+
+
 def test_two_processes_building_one_recipe_share_one_layer_per_step(tmp_path: Path) -> None:
     directory = tmp_path
+    hv, boots_log = boot_counter(directory)
     build_guest_tree(directory / "tree")
     recipe = write_recipe(directory, STEP, name="race")
     store_root = directory / "store"
@@ -59,6 +83,7 @@ def test_two_processes_building_one_recipe_share_one_layer_per_step(tmp_path: Pa
                 "--json",
             ],
             cwd=REPO,
+            env={**os.environ, "LIBGUESTFS_HV": str(hv)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -77,8 +102,11 @@ def test_two_processes_building_one_recipe_share_one_layer_per_step(tmp_path: Pa
     assert [d for d, _ in reports[0]] == [d for d, _ in reports[1]], reports
     for position in range(len(reports[0])):
         assert sorted(r[position][1] for r in reports) == [False, True], reports
-    launches = sum(not cached for r in reports for _, cached in r)
-    assert launches == 2, reports  # scratch + step, once each
+    built = sum(not cached for r in reports for _, cached in r)
+    assert built == 2, reports  # scratch + step, once each
+    # What really booted: one appliance for the scratch disk, one for the step, in all.
+    launches = len(boots_log.read_text().splitlines())
+    assert launches == 2, (launches, reports)
 
     store = Store(store_root)
     images = [store.image("race:a"), store.image("race:b")]

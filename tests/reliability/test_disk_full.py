@@ -16,6 +16,7 @@ from imagekit.store import Store
 from tests.conftest import Upstream, make_qcow2
 from tests.reliability import figures
 from tests.reliability.storecheck import assert_consistent, partial_size, publish_alone
+from tests.require import require
 
 TMPFS_SIZE = 6 << 20
 
@@ -29,8 +30,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         capture_output=True,
         text=True,
     )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    require(done.returncode == 0, f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
         yield mountpoint
     finally:
@@ -137,3 +137,4 @@ def test_pull_on_a_full_disk_is_a_typed_error(
     with pytest.raises(ImagekitError, match=r"disk full|no space"):
         store.pull(imagekit.load_recipe(recipe))
     assert_consistent(store)
+    figures.add("disk-full cases ending in a clear error and a usable store")

@@ -68,6 +68,9 @@ def test_recoverable_faults_end_in_the_right_image(
     image = pull_with(store, upstream)
 
     assert image.path.read_bytes() == image_bytes
+    # The fault did happen: the first answer was an error or a cut body, and a retry followed.
+    gets = [e for e in upstream.server.log(PATH) if e.method == "GET"]
+    assert len(gets) > 1 and (gets[0].status >= 500 or gets[0].sent < len(image_bytes)), gets
     assert_consistent(store)
     figures.add("flaky-server cases ending in the right image")
 

@@ -22,20 +22,19 @@ from imagekit.errors import RecipeError
 from imagekit.recipe import load_recipe_string
 from tests.conftest import REPO
 from tests.reliability import figures
+from tests.require import require
 
 TARGETS = ["recipe", "checksums", "store_index", "qcow2"]
 RUNS = 3000
 MAX_SECONDS = 20
 
-NEEDS_ATHERIS = pytest.mark.skipif(
-    importlib.util.find_spec("atheris") is None,
-    reason="atheris is not installed (pip install atheris; it ships x86_64/aarch64 Linux wheels)",
-)
 
-
-@NEEDS_ATHERIS
 @pytest.mark.parametrize("target", TARGETS)
 def test_fuzz_target_finds_no_crash(target: str, tmp_path: Path) -> None:
+    require(
+        importlib.util.find_spec("atheris") is not None,
+        "atheris is not installed (pip install atheris; it ships x86_64/aarch64 Linux wheels)",
+    )
     scratch_corpus = tmp_path / "corpus"
     scratch_corpus.mkdir()
     scratch = tmp_path / "tmp"

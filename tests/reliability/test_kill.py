@@ -33,6 +33,7 @@ IMAGE_PATH = f"/pub/{FILENAME}"
 SEED = int(os.environ.get("IMAGEKIT_RELIABILITY_SEED") or random.SystemRandom().randrange(1 << 32))
 BYTE_KILLS = 14
 DELAY_KILLS = 6
+MAX_DELAY = 3.0  # seconds after the child's start: start-up and evidence take ~1-2 s
 CHILD = "from tests.reliability.crashchild import main; main()"
 # Every step between "the bytes are complete" and "the ref is written", in pull's order.
 COMMIT_POINTS = [
@@ -82,9 +83,15 @@ def image_gets(server: LoopbackServer) -> list[str | None]:
     return [e.range for e in server.log(IMAGE_PATH) if e.method == "GET"]
 
 
-def assert_resumed_from(server: LoopbackServer, kept: int, context: str) -> None:
-    """The run's first image request asks for exactly what the partial lacks (or nothing)."""
+def assert_resumed_from(
+    server: LoopbackServer, kept: int, context: str, *, requested: bool = False
+) -> None:
+    """The run's first image request asks for exactly what the partial lacks (or nothing).
+
+    ``requested``: the run must have asked for the image (it wrote bytes of it).
+    """
     gets = image_gets(server)
+    assert gets or not requested, f"seed {SEED}, {context}: the image was never requested"
     if gets:
         expected = f"bytes={kept}-" if kept else None
         assert gets[0] == expected, f"seed {SEED}, {context}: kept {kept} bytes, asked {gets[0]}"
@@ -112,7 +119,7 @@ def test_kill_at_byte_offsets_resumes_each_time(
         upstream.server.clear_log()
         run_killed({**spec, "byte": offset})
         assert partial_size(store) == offset, f"seed {SEED}: kill at byte {offset}"
-        assert_resumed_from(upstream.server, kept, f"kill at byte {offset}")
+        assert_resumed_from(upstream.server, kept, f"kill at byte {offset}", requested=True)
         assert_consistent(store)
         assert store.refs() == []
     finish(store, upstream.server, recipe, big_image, "after the byte kills")
@@ -139,25 +146,38 @@ def test_kill_in_the_commit_phase(
 
 def test_kill_after_random_delays(store: Store, upstream: Upstream, big_image: bytes) -> None:
     upstream.publish(FILENAME, big_image)
-    upstream.server.throttle(IMAGE_PATH, 3 << 20)  # ~3 s of download for the whole file
+    # Slow enough that DELAY_KILLS runs cannot finish the download between them: every kill lands.
+    rate = len(big_image) / (2 * DELAY_KILLS * MAX_DELAY)
+    upstream.server.throttle(IMAGE_PATH, rate)
     recipe = upstream.recipe(FILENAME)
     rng = random.Random(SEED + 1)
     spec = {"op": "pull", "store": str(store.root), "recipe": str(recipe)}
-    delays = []
+    delays: list[float] = []
     for _ in range(DELAY_KILLS):
         kept = partial_size(store)
         upstream.server.clear_log()
-        delay = rng.uniform(0.1, 1.5)
+        delay = rng.uniform(0.1, MAX_DELAY)
         child = start_child(spec)
         time.sleep(delay)
         child.send_signal(signal.SIGKILL)
-        child.communicate(timeout=120)
-        if child.returncode != -signal.SIGKILL:
-            break  # it finished before the kill: nothing left to interrupt
+        _, err = child.communicate(timeout=120)
+        # A finished pull (0) ends the series early; anything else is a failure of the pull.
+        assert child.returncode in (0, -signal.SIGKILL), (
+            f"seed {SEED}: child {spec} exited {child.returncode} after {delay:.2f} s: "
+            + err.decode(errors="replace")[-2000:]
+        )
+        if child.returncode == 0:
+            break
         delays.append(round(delay, 2))
         figures.add("kills survived")
+        if image_gets(upstream.server):  # the image request had begun
+            figures.add("random-delay kills during the image download")
         assert_resumed_from(upstream.server, kept, f"kill after {delay:.2f} s")
         assert_consistent(store)
+    assert len(delays) == DELAY_KILLS, (
+        f"seed {SEED}: only {len(delays)} of {DELAY_KILLS} kills landed (delays {delays}); "
+        "the pull finished first"
+    )
     upstream.server.throttle(IMAGE_PATH, None)
     finish(store, upstream.server, recipe, big_image, "after the delayed kills")
     figures.add("kill points: random delays", len(delays))

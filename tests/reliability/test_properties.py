@@ -1,8 +1,11 @@
-"""Property-based tests: parsers of untrusted input raise only imagekit's typed errors.
+"""Property-based tests: parsers of untrusted input raise only the typed error of their kind.
 
 Recipes, checksum files, index.json, manifest blobs and qcow2 headers all come from outside (a
-user's file, a mirror, a damaged disk). Whatever hypothesis feeds them, the only exceptions allowed
-are ImagekitError subclasses: a KeyError or TypeError would be a crash with a traceback.
+user's file, a mirror, a damaged disk). Whatever hypothesis feeds them, the only exception each
+may raise is the one its callers handle: RecipeError from the recipe loader, ChecksumError from
+the checksum parser, StoreError from the store's read paths, UnsafeImageError from the disk
+header reader. A KeyError or TypeError would be a crash with a traceback; another ImagekitError
+would be the wrong exit code and message.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imagekit.disk import header as diskformat
-from imagekit.errors import ChecksumError, ImagekitError
+from imagekit.errors import ChecksumError, RecipeError, StoreError, UnsafeImageError
 from imagekit.image import Image
 from imagekit.oci.layout import Descriptor
 from imagekit.oci.media import MEDIA_DISK_RAW, MEDIA_MANIFEST
@@ -124,7 +127,7 @@ LINES = st.one_of(
 def test_recipe_loader_raises_only_recipe_errors(lines: list[str]) -> None:
     figures.add("hypothesis examples: recipe loader")
     text = "\n".join(lines) + "\n"
-    with tempfile.TemporaryDirectory() as base, contextlib.suppress(ImagekitError):
+    with tempfile.TemporaryDirectory() as base, contextlib.suppress(RecipeError):
         load_recipe_string(text, base_dir=Path(base))
 
 
@@ -132,7 +135,7 @@ def test_recipe_loader_raises_only_recipe_errors(lines: list[str]) -> None:
 @given(st.text(max_size=400))
 def test_recipe_loader_on_arbitrary_text(text: str) -> None:
     figures.add("hypothesis examples: recipe loader")
-    with contextlib.suppress(ImagekitError):
+    with contextlib.suppress(RecipeError):
         load_recipe_string(text, base_dir=Path("/nonexistent"))
 
 
@@ -239,7 +242,7 @@ def mutated(draw: st.DrawFn, valid: Any) -> Any:
 
 
 def exercise(store: Store) -> None:
-    """Every read path over the index and manifests; each may only raise ImagekitError."""
+    """Every read path over the index and manifests; each may only raise StoreError."""
     for action in (
         store.refs,
         store.images,
@@ -249,7 +252,7 @@ def exercise(store: Store) -> None:
         lambda: store.fsck(),
         lambda: store.gc(dry_run=True),
     ):
-        with contextlib.suppress(ImagekitError):
+        with contextlib.suppress(StoreError):
             action()
 
 
@@ -377,11 +380,11 @@ def test_mutated_qcow2_headers_raise_only_unsafe_image_errors(
         f.write(data)
         f.flush()
         path = Path(f.name)
-        with contextlib.suppress(ImagekitError):
+        with contextlib.suppress(UnsafeImageError):
             diskformat.probe(path)
         try:
             header = diskformat.ensure_safe(path, promised, allowed_backing_dir=path.parent)
-        except ImagekitError:
+        except UnsafeImageError:
             return
         # Anything accepted reads nothing but itself (or a plain name beside it).
         assert header.format == promised
