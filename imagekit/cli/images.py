@@ -164,13 +164,14 @@ def gc(
     dry_run: Annotated[bool, typer.Option(help="Only say what would go.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Remove unreferenced blobs and stale temporary files."""
+    """Remove unreferenced blobs, stale temporary files and lock files nobody holds."""
     report = open_store(store).gc(remove_partial=partial, dry_run=dry_run)
     if as_json:
         emit_json(
             {
                 "removed_blobs": report.removed_blobs,
                 "removed_temp": report.removed_temp,
+                "removed_locks": report.removed_locks,
                 "freed_bytes": report.freed_bytes,
                 "dry_run": dry_run,
             }
@@ -179,7 +180,7 @@ def gc(
     verb = "would remove" if dry_run else "removed"
     typer.echo(
         f"{verb} {len(report.removed_blobs)} blob(s), {len(report.removed_temp)} temp file(s), "
-        f"{human_size(report.freed_bytes)}"
+        f"{len(report.removed_locks)} lock file(s), {human_size(report.freed_bytes)}"
     )
 
 

@@ -2,7 +2,7 @@
 
 gc marks from every ref (and extra roots) through manifests, overlay parent annotations and the
 qcow2 backing names qemu itself would follow, then sweeps the rest under the exclusive lock, so
-no pull or build is between adding blobs and tagging them.
+no pull or build is between adding blobs and tagging them. Lock files nobody holds go too.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import re
 import shutil
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagekit.core import atomic
 from imagekit.core.digest import hash_stream
+from imagekit.core.locking import remove_unheld
 from imagekit.disk import header
 from imagekit.errors import StoreError
 from imagekit.oci.layout import Descriptor, Layout, check_digest, manifest_descriptors, parents
@@ -30,11 +31,15 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 @dataclass(frozen=True)
 class GcReport:
-    """What gc removed (or would remove, on a dry run); ``freed_bytes`` counts blobs and temps."""
+    """What gc removed (or would remove, on a dry run); ``freed_bytes`` counts blobs and temps.
+
+    ``removed_locks`` are lock files nobody held, relative to the store root.
+    """
 
     removed_blobs: list[str]
     freed_bytes: int
     removed_temp: list[str]
+    removed_locks: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,8 @@ def collect(
     remove_partial: bool = False,
     dry_run: bool = False,
 ) -> GcReport:
-    """Remove blobs no ref (or extra root) reaches, and temps of processes that died.
+    """Remove blobs no ref (or extra root) reaches, temps of processes that died, and lock
+    files nobody holds.
 
     Partial downloads (``tmp/*.part``, ``*.part.json``) are kept for resuming unless
     ``remove_partial``. Waits for every shared-lock holder (pulls, builds) to finish.
@@ -79,7 +85,8 @@ def collect(
         if removed and not dry_run:
             atomic.fsync_dir(layout.blobs_dir)
         removed_temp, temp_bytes = _sweep_tmp(layout, remove_partial, dry_run)
-    return GcReport(removed, freed + temp_bytes, removed_temp)
+        locks = _sweep_locks(layout, dry_run)
+    return GcReport(removed, freed + temp_bytes, removed_temp, locks)
 
 
 def fsck(layout: Layout) -> FsckReport:
@@ -139,6 +146,20 @@ def _children(layout: Layout, digest: str) -> list[str]:
             f"gc stopped, nothing removed: manifest {digest} is malformed ({e}); "
             "run `imagekit fsck`"
         ) from e
+
+
+def _sweep_locks(layout: Layout, dry_run: bool) -> list[str]:
+    """Lock files in ``locks/`` and ``tmp/`` that no process holds (the store's ``.lock`` is
+    gc's own). Safe against a process about to lock one: see ``locking.remove_unheld``."""
+    removed = []
+    for directory in (layout.locks_dir, layout.tmp_dir):
+        for path in sorted(directory.glob("*.lock")):
+            if remove_unheld(path, dry_run=dry_run):
+                removed.append(str(path.relative_to(layout.root)))
+    if removed and not dry_run:
+        for directory in (layout.locks_dir, layout.tmp_dir):
+            atomic.fsync_dir(directory)
+    return removed
 
 
 def _sweep_tmp(layout: Layout, remove_partial: bool, dry_run: bool) -> tuple[list[str], int]:
