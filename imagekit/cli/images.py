@@ -211,7 +211,12 @@ def fsck(store: StoreOption = None, as_json: JsonOption = False) -> None:
 @app.command()
 def export(
     ref: Annotated[str, typer.Argument(help="Stored image NAME[:TAG] or digest.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")],
+    output: Annotated[
+        str,
+        typer.Option(
+            "-o", "--output", help="File, block device, character device or FIFO; - for stdout."
+        ),
+    ],
     store: StoreOption = None,
     disk_format: Annotated[
         str, typer.Option("--format", help="qcow2, raw, vmdk, vdi or vhdx.")
@@ -219,16 +224,22 @@ def export(
     compress: Annotated[bool, typer.Option(help="Compress (qcow2 only).")] = False,
     sparse: Annotated[bool, typer.Option(help="Keep zeros unallocated.")] = True,
     link: Annotated[bool, typer.Option(help="Thin overlay backed by the store.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Replace an existing file (or a symlink to one).")
+    ] = False,
 ) -> None:
     """Flatten an image's layers into one standalone file (or --link a thin overlay)."""
     image = open_store(store).image(ref)
-    with progress_display(True) as progress:
+    to_stdout = output == "-"
+    with progress_display(not to_stdout) as progress:
         path = image.export(
             output,
             disk_format=disk_format,
             compress=compress,
             sparse=sparse,
             link=link,
+            force=force,
             progress=progress,
         )
-    typer.echo(f"{image.ref} -> {path}")
+    # On stderr: stdout may be what the image is streamed into (-o -, -o /dev/stdout).
+    typer.echo(f"{image.ref} -> {'stdout' if to_stdout else path}", err=True)
