@@ -11,7 +11,8 @@ What the destination is decides how it is written, before any work starts:
   write to a pipe: the image is converted in the store's ``tmp/`` first; a terminal is refused;
 - a directory, a socket and any path inside the store are refused.
 
-``link`` makes a qcow2 overlay backed by the stored blob (a file path only).
+``link`` makes a qcow2 overlay on the stored blob and records it as a root (:mod:`imagekit.oci.
+roots`), so ``rm`` and ``gc`` keep its backing chain while the overlay exists.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import TypedDict, Unpack
 from imagekit.core import atomic
 from imagekit.disk import header, qemu_img
 from imagekit.errors import ImagekitError, RecipeError, StoreError
+from imagekit.oci import roots
 from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.media import DISK_FORMATS
 from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
@@ -199,14 +201,30 @@ def _convert_into(
 
 
 def _link(source: Source, target: Target) -> None:
-    """A thin qcow2 overlay on the stored top layer, through its absolute path."""
-    top = source.top
-    temp = _temp_beside(target)
-    try:
-        qemu_img.create_linked_overlay(temp, source.layout.blob_path(top.digest), _format(top))
-        atomic.commit(temp, target.path)
-    finally:
-        temp.unlink(missing_ok=True)
+    """The overlay and its root record, under the shared lock so no gc runs in between."""
+    layout = source.layout
+    with layout.shared_lock():
+        top = source.top
+        if not layout.has_blob(top.digest):
+            raise StoreError(f"image {source.manifest} lost its disk {top.digest}; pull it again")
+        previous = roots.get(layout, target.path)
+        digests = tuple(d.digest for d in source.disks)
+        root = roots.Root.new(target.path, "link", source.manifest, digests, source.ref)
+        temp = _temp_beside(target)
+        try:
+            # The record first: a kill after it leaves a root gc drops, never an overlay that
+            # nothing keeps alive.
+            roots.add(layout, root)
+            qemu_img.create_linked_overlay(temp, layout.blob_path(top.digest), _format(top))
+            atomic.commit(temp, target.path)
+        except BaseException:
+            if previous is not None:
+                roots.add(layout, previous)  # the old overlay is still there
+            else:
+                roots.remove(layout, target.path)
+            raise
+        finally:
+            temp.unlink(missing_ok=True)
 
 
 def _stream(source: Source, target: Target, settings: Settings, progress: ProgressCallback) -> None:

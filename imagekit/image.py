@@ -96,9 +96,9 @@ class Image:
         """A standalone copy of the whole chain at ``dest`` (or a thin overlay with ``link``).
 
         ``options``: ``disk_format`` (qcow2, raw, vmdk, vdi, vhdx), ``compress``, ``sparse``,
-        ``link`` and ``force`` (replace an existing file). ``dest`` may be a device, a FIFO,
-        or ``"-"`` for stdout; :mod:`imagekit.export` says what is written how and what is
-        refused.
+        ``link`` (the overlay is recorded as a root, so gc keeps its backing chain) and
+        ``force`` (replace an existing file). ``dest`` may be a device, a FIFO, or ``"-"`` for
+        stdout; :mod:`imagekit.export` says what is written how and what is refused.
         """
         source = export.Source(self.store, self.digest, self.ref, tuple(self.disks))
         return export.export_disk(source, dest, progress=progress, **options)
