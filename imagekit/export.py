@@ -7,8 +7,9 @@ What the destination is decides how it is written, before any work starts:
 - a symlink to a device or a pipe is followed; a symlink to a regular file (or to nothing) is
   itself replaced, only with ``force``: export never writes through a link into a file;
 - a block device is written in place by qemu-img;
-- a character device or a FIFO, and ``-`` (stdout), are streamed into, since qemu-img cannot
-  write to a pipe: the image is converted in the store's ``tmp/`` first; a terminal is refused;
+- a character device or a FIFO, ``-`` (stdout) and a path naming one of our open descriptors
+  (``/dev/stdout``, ``/dev/fd/N``) are streamed into, since qemu-img cannot write to a pipe:
+  the image is converted in the store's ``tmp/`` first; a terminal is refused;
 - a directory, a socket and any path inside the store are refused.
 
 ``link`` makes a qcow2 overlay on the stored blob and records it as a root (:mod:`imagekit.oci.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
 
 EXPORT_FORMATS = ("qcow2", "raw", "vmdk", "vdi", "vhdx")
 STDOUT = "-"
+_FD_LINK = re.compile(r"/(?:proc/(self|thread-self|\d+)|dev)/fd/(\d+)")  # /dev/fd/N: no pid
 _CHUNK = 1 << 20
 
 
@@ -116,8 +119,11 @@ def export_disk(
 def destination(dest: Path | str, store_root: Path, settings: Settings) -> Target:
     """Decide how to write ``dest``, refusing what export must not touch; RecipeError if so."""
     if str(dest) == STDOUT:
-        return _stdout(store_root, settings)
+        return _descriptor(1, "stdout", store_root, settings)
     path = Path(dest)
+    fd = _named_descriptor(path)
+    if fd is not None:  # /dev/stdout, /dev/fd/N: the file we were handed, like "-"
+        return _descriptor(fd, str(path), store_root, settings)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -161,18 +167,39 @@ def _file(path: Path, store_root: Path, settings: Settings, *, replacing: str | 
     return Target(str(path), "file", final)
 
 
-def _stdout(store_root: Path, settings: Settings) -> Target:
+def _named_descriptor(path: Path) -> int | None:
+    """N when ``path`` is, or links to, one of our open descriptors (``/dev/fd/N``,
+    ``/proc/self/fd/N``: what ``/dev/stdout`` is), so it is written as that descriptor rather
+    than replaced, even when the descriptor is a redirected regular file."""
+    current = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own limit on a symlink chain
+        match = _FD_LINK.fullmatch(current)
+        if match and match[1] in (None, "self", "thread-self", str(os.getpid())):
+            return int(match[2])
+        try:
+            target = os.readlink(current)
+        except OSError:
+            return None  # not a symlink (or gone): an ordinary path
+        current = os.path.normpath(os.path.join(os.path.dirname(current), target))
+    return None
+
+
+def _descriptor(fd: int, named: str, store_root: Path, settings: Settings) -> Target:
     if settings.link:
-        raise RecipeError("--link writes a qcow2 overlay file; give -o FILE, not -")
+        raise RecipeError(f"--link writes a qcow2 overlay file; give -o FILE, not {named}")
     try:
-        st = os.fstat(1)
+        st = os.fstat(fd)
     except OSError:
-        raise RecipeError("cannot export to stdout: it is closed") from None
-    if os.isatty(1):
-        raise RecipeError("stdout is a terminal; redirect it to a file or a pipe, or give -o FILE")
+        raise RecipeError(f"cannot export to {named}: descriptor {fd} is not open") from None
+    if os.isatty(fd):
+        raise RecipeError(
+            f"{named} is a terminal; redirect it to a file or a pipe, or give -o FILE"
+        )
     if stat.S_ISREG(st.st_mode):
-        _refuse_inside(Path(os.path.realpath("/proc/self/fd/1")), store_root, "stdout")
-    return Target("stdout", "stream", Path("/dev/stdout"), fd=1)
+        _refuse_inside(Path(os.path.realpath(f"/proc/self/fd/{fd}")), store_root, named)
+    elif stat.S_ISDIR(st.st_mode):
+        raise RecipeError(f"{named} is a directory; give a file name")
+    return Target(named, "stream", Path(f"/proc/self/fd/{fd}"), fd=fd)
 
 
 def _refuse_inside(path: Path, store_root: Path, named: str) -> None:

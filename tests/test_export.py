@@ -216,6 +216,23 @@ def test_a_symlink_to_stdout_is_followed_and_kept(
     assert stdout.is_symlink() and os.readlink(stdout) == "/proc/self/fd/1"
 
 
+def test_a_link_to_a_redirected_stdout_writes_into_the_open_file(
+    store: Store, image: Image, raw_bytes: bytes, tmp_path: Path
+) -> None:
+    """/dev/stdout with stdout redirected to a file names that open file: it is written into,
+    needing no --force, and the link is never replaced (with --force neither)."""
+    for name, fd_link in (("stdout", "/proc/self/fd/1"), ("fd1", "/dev/fd/1")):
+        link = tmp_path / name
+        link.symlink_to(fd_link)
+        redirected = tmp_path / f"{name}.raw"
+        with redirected.open("wb") as f:
+            args = ("export", REF, "-o", str(link), "--format", "raw", "--force")
+            code, _, stderr = cli(*args, store=store, stdout=f.fileno())
+        assert code == 0, stderr
+        assert redirected.read_bytes() == raw_bytes
+        assert link.is_symlink() and os.readlink(link) == fd_link
+
+
 def test_a_symlink_to_a_file_is_replaced_only_with_force_and_its_target_never(
     store: Store, image: Image, tmp_path: Path
 ) -> None:
