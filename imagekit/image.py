@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from imagekit import export
 from imagekit.errors import StoreError
@@ -88,25 +88,20 @@ class Image:
 
     def export(
         self,
-        dest: Path,
+        dest: Path | str,
         *,
-        disk_format: str = "qcow2",
-        compress: bool = False,
-        sparse: bool = True,
-        link: bool = False,
         progress: ProgressCallback = ignore_progress,
+        **options: Unpack[export.ExportOptions],
     ) -> Path:
-        """A standalone copy of the whole chain at ``dest`` (or a thin overlay with ``link``)."""
-        return export.export_disk(
-            self.path,
-            self.format,
-            dest,
-            disk_format=disk_format,
-            compress=compress,
-            sparse=sparse,
-            link=link,
-            progress=progress,
-        )
+        """A standalone copy of the whole chain at ``dest`` (or a thin overlay with ``link``).
+
+        ``options``: ``disk_format`` (qcow2, raw, vmdk, vdi, vhdx), ``compress``, ``sparse``,
+        ``link`` (the overlay is recorded as a root, so gc keeps its backing chain) and
+        ``force`` (replace an existing file). ``dest`` may be a device, a FIFO, or ``"-"`` for
+        stdout; :mod:`imagekit.export` says what is written how and what is refused.
+        """
+        source = export.Source(self.store, self.digest, self.ref, tuple(self.disks))
+        return export.export_disk(source, dest, progress=progress, **options)
 
     def summary(self) -> dict[str, Any]:
         """The fields scripts rely on (``pull --json``)."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 from imagekit import config
 from imagekit.image import Image
-from imagekit.oci import gc
+from imagekit.oci import gc, roots
 from imagekit.oci.layout import Descriptor, Layout
 from imagekit.progress import ProgressCallback, ignore_progress
 from imagekit.recipe import Recipe, load_recipe
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 GcReport = gc.GcReport
 FsckReport = gc.FsckReport
+Root = roots.Root
 
 
 class Store(Layout):
@@ -169,8 +170,33 @@ class Store(Layout):
         return [Image.from_descriptor(self, descriptor) for _, descriptor in self.refs()]
 
     def remove(self, ref: str) -> Descriptor:
-        """Untag ``ref``; its blobs are freed by the next gc unless another ref uses them."""
+        """Untag ``ref``; its blobs are freed by the next gc unless another ref or a root
+        (:meth:`roots`) uses them."""
         return self.untag(ref)
+
+    def roots(self) -> list[Root]:
+        """Files outside the store that back onto its blobs (``export --link``), by path."""
+        return roots.load_all(self)
+
+    def root_stale_reason(self, root: Root) -> str | None:
+        """Why the next gc will drop ``root`` (its file is gone or no longer backs onto the
+        store), or None while it keeps the image's blobs."""
+        return roots.stale_reason(self, root)
+
+    def add_root(self, path: Path, image: Image, *, kind: str) -> Root:
+        """Record that the file at ``path`` backs onto ``image``'s disks, so gc keeps them.
+
+        ``export --link`` records its overlays this way; the record is dropped by gc once the
+        file is gone or backs onto something else.
+        """
+        digests = tuple(d.digest for d in image.disks)
+        root = Root.new(Path(path), kind, image.digest, digests, image.ref)
+        with self.shared_lock():
+            return roots.add(self, root)
+
+    def remove_root(self, path: Path) -> bool:
+        """Forget the root at ``path`` (its blobs go at the next gc if nothing else needs them)."""
+        return roots.remove(self, Path(path))
 
     def gc(
         self,
@@ -179,7 +205,8 @@ class Store(Layout):
         remove_partial: bool = False,
         dry_run: bool = False,
     ) -> GcReport:
-        """Remove blobs no ref (or extra root) reaches, and temps of processes that died."""
+        """Remove blobs no ref, root or extra root reaches, temps of processes that died, and
+        lock files nobody holds; roots whose file is gone are dropped first."""
         return gc.collect(
             self, extra_roots=extra_roots, remove_partial=remove_partial, dry_run=dry_run
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from imagekit.core.locking import FileLock
 from imagekit.core.refs import Ref, parse_ref, validate_digest, validate_name, validate_tag
 from imagekit.errors import RecipeError, RefNotFoundError, StoreError
 from imagekit.oci.layout import Descriptor
@@ -269,14 +270,16 @@ def test_gc_temp_files(store: Store) -> None:
     other = store.tmp_dir / "abc.lock"
     other.write_bytes(b"")
 
-    report = store.gc()
-    assert sorted(report.removed_temp) == sorted([stale.name, stale_dir.name])
-    assert report.freed_bytes == 6
-    assert not stale.exists() and not stale_dir.exists()
-    assert live.exists() and other.exists() and all(p.exists() for p in parts)
-    report = store.gc(remove_partial=True)
-    assert sorted(report.removed_temp) == ["abc.part", "abc.part.json"]
-    assert live.exists() and other.exists()
+    with FileLock(other):  # a download holding its lock: its lock file stays
+        report = store.gc()
+        assert sorted(report.removed_temp) == sorted([stale.name, stale_dir.name])
+        assert report.freed_bytes == 6
+        assert not stale.exists() and not stale_dir.exists()
+        assert live.exists() and other.exists() and all(p.exists() for p in parts)
+        report = store.gc(remove_partial=True)
+        assert sorted(report.removed_temp) == ["abc.part", "abc.part.json"]
+        assert live.exists() and other.exists()
+    assert store.gc().removed_locks == ["tmp/abc.lock"] and not other.exists()
 
 
 def test_fsck_flipped_bit(store: Store) -> None:

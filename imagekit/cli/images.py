@@ -1,13 +1,15 @@
-"""Commands on stored images: pull, import, images, inspect, rm, gc, fsck, export."""
+"""Commands on stored images: pull, import, images, inspect, rm, gc, fsck, export, roots."""
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+import imagekit
 from imagekit.cli.app import (
     JsonOption,
     StoreOption,
@@ -88,17 +90,27 @@ def import_(
         typer.echo(f"{image.ref} imported (unverified) {image.disk_digest}\n{image.path}")
 
 
+def _roots_by_image(store: imagekit.Store) -> dict[str, list[dict[str, Any]]]:
+    """Each image's roots (outside files that back onto it), by manifest digest."""
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for root in store.roots():
+        found[root.manifest].append({"path": str(root.path), "kind": root.kind})
+    return found
+
+
 @app.command()
 def images(store: StoreOption = None, as_json: JsonOption = False) -> None:
-    """List stored images."""
-    rows = [image.summary() for image in open_store(store).images()]
+    """List stored images; USED BY counts the outside files (export --link) that need one."""
+    opened = open_store(store)
+    used_by = _roots_by_image(opened)
+    rows = [{**image.summary(), "roots": used_by[image.digest]} for image in opened.images()]
     if as_json:
         emit_json(rows)
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("REF", "VERIFIED", "FORMAT", "SIZE", "IMAGE", box=None)
+    table = Table("REF", "VERIFIED", "FORMAT", "SIZE", "IMAGE", "USED BY", box=None)
     for row in rows:
         table.add_row(
             row["ref"],
@@ -106,6 +118,7 @@ def images(store: StoreOption = None, as_json: JsonOption = False) -> None:
             row["format"],
             human_size(row["size"]),
             row["image"][:19],
+            f"{len(row['roots'])} file(s)" if row["roots"] else "",
         )
     Console().print(table)
 
@@ -117,8 +130,15 @@ def inspect(
     as_json: JsonOption = False,
 ) -> None:
     """Show an image's manifest and provenance."""
-    image = open_store(store).image(ref)
-    record = {**image.summary(), "manifest": image.manifest, "provenance": image.provenance}
+    opened = open_store(store)
+    image = opened.image(ref)
+    used_by = _roots_by_image(opened)[image.digest]
+    record = {
+        **image.summary(),
+        "manifest": image.manifest,
+        "provenance": image.provenance,
+        "roots": used_by,
+    }
     if as_json:
         emit_json(record)
         return
@@ -145,6 +165,8 @@ def inspect(
         lines.append(f"layer {number}:      {disk.digest} ({human_size(disk.size)})")
     for number, step in enumerate(config.get("steps", []), 1):
         lines.append(f"step {number}:       {json.dumps(step.get('step'), sort_keys=True)}")
+    for root in used_by:
+        lines.append(f"used by:      {root['path']} ({root['kind']})")
     typer.echo("\n".join(lines))
 
 
@@ -152,9 +174,19 @@ def inspect(
 def rm(
     ref: Annotated[str, typer.Argument(help="NAME[:TAG] to untag.")], store: StoreOption = None
 ) -> None:
-    """Remove a ref (its blobs go at the next gc)."""
-    descriptor = open_store(store).remove(ref)
-    typer.echo(f"untagged {ref} ({descriptor.digest}); run 'imagekit gc' to free space")
+    """Remove a ref (its blobs go at the next gc, unless a root still needs them)."""
+    opened = open_store(store)
+    descriptor = opened.remove(ref)
+    used_by = _roots_by_image(opened)[descriptor.digest]
+    if not used_by:
+        typer.echo(f"untagged {ref} ({descriptor.digest}); run 'imagekit gc' to free space")
+        return
+    typer.echo(
+        f"untagged {ref} ({descriptor.digest}); its blobs stay while {len(used_by)} file(s) "
+        "outside the store back onto them (gc frees them once those are deleted):"
+    )
+    for root in used_by:
+        typer.echo(f"  {root['path']} ({root['kind']})")
 
 
 @app.command()
@@ -164,22 +196,27 @@ def gc(
     dry_run: Annotated[bool, typer.Option(help="Only say what would go.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Remove unreferenced blobs and stale temporary files."""
+    """Remove unreferenced blobs, stale temporary files and lock files nobody holds, and drop
+    roots whose file is gone."""
     report = open_store(store).gc(remove_partial=partial, dry_run=dry_run)
     if as_json:
         emit_json(
             {
                 "removed_blobs": report.removed_blobs,
                 "removed_temp": report.removed_temp,
+                "removed_locks": report.removed_locks,
+                "dropped_roots": report.dropped_roots,
                 "freed_bytes": report.freed_bytes,
                 "dry_run": dry_run,
             }
         )
         return
     verb = "would remove" if dry_run else "removed"
+    for path, reason in report.dropped_roots.items():
+        typer.echo(f"{'would drop' if dry_run else 'dropped'} root {path}: {reason}")
     typer.echo(
         f"{verb} {len(report.removed_blobs)} blob(s), {len(report.removed_temp)} temp file(s), "
-        f"{human_size(report.freed_bytes)}"
+        f"{len(report.removed_locks)} lock file(s), {human_size(report.freed_bytes)}"
     )
 
 
@@ -210,24 +247,65 @@ def fsck(store: StoreOption = None, as_json: JsonOption = False) -> None:
 @app.command()
 def export(
     ref: Annotated[str, typer.Argument(help="Stored image NAME[:TAG] or digest.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")],
+    output: Annotated[
+        str,
+        typer.Option(
+            "-o", "--output", help="File, block device, character device or FIFO; - for stdout."
+        ),
+    ],
     store: StoreOption = None,
     disk_format: Annotated[
         str, typer.Option("--format", help="qcow2, raw, vmdk, vdi or vhdx.")
     ] = "qcow2",
     compress: Annotated[bool, typer.Option(help="Compress (qcow2 only).")] = False,
     sparse: Annotated[bool, typer.Option(help="Keep zeros unallocated.")] = True,
-    link: Annotated[bool, typer.Option(help="Thin overlay backed by the store.")] = False,
+    link: Annotated[
+        bool, typer.Option(help="Thin overlay backed by the store (kept by gc while it exists).")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option(help="Replace an existing file (or a symlink to one).")
+    ] = False,
 ) -> None:
     """Flatten an image's layers into one standalone file (or --link a thin overlay)."""
     image = open_store(store).image(ref)
-    with progress_display(True) as progress:
+    to_stdout = output == "-"
+    with progress_display(not to_stdout) as progress:
         path = image.export(
             output,
             disk_format=disk_format,
             compress=compress,
             sparse=sparse,
             link=link,
+            force=force,
             progress=progress,
         )
-    typer.echo(f"{image.ref} -> {path}")
+    # On stderr: stdout may be what the image is streamed into (-o -, -o /dev/stdout).
+    typer.echo(f"{image.ref} -> {'stdout' if to_stdout else path}", err=True)
+
+
+@app.command("roots")
+def roots_(store: StoreOption = None, as_json: JsonOption = False) -> None:
+    """List the files outside the store that back onto its images (export --link overlays)."""
+    opened = open_store(store)
+    rows: list[dict[str, Any]] = [
+        {
+            "path": str(root.path),
+            "kind": root.kind,
+            "ref": root.ref,
+            "manifest": root.manifest,
+            "blobs": list(root.blobs),
+            "created": root.created,
+            "command": root.command,
+            "stale": opened.root_stale_reason(root),
+        }
+        for root in opened.roots()
+    ]
+    if as_json:
+        emit_json(rows)
+        return
+    for row in rows:  # one line each, never cut: the path is what matters
+        state = f"stale ({row['stale']}): the next gc drops it" if row["stale"] else "in use"
+        typer.echo(
+            f"{row['path']} ({row['kind']}) -> {row['ref'] or '-'} {row['manifest'][:19]}, "
+            f"since {row['created']}: {state}"
+        )

@@ -1,14 +1,16 @@
 """A small flock helper that survives the lock file being replaced under it.
 
-flock locks an inode, not a path: if another process unlinks and recreates the lock file
-between our open() and flock(), we would hold a lock nobody else sees. So after locking we
-re-check that the path still names the inode we locked, and retry if not.
+flock locks an inode, not a path: if another process (gc, sweeping lock files nobody holds:
+:func:`remove_unheld`) unlinks the lock file between our open() and flock(), we would hold a
+lock nobody else sees. So after locking we re-check that the path still names the inode we
+locked, and retry if not.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import time
 from pathlib import Path
 from types import TracebackType
@@ -74,3 +76,34 @@ class FileLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def remove_unheld(path: Path, *, dry_run: bool = False) -> bool:
+    """Unlink the lock file ``path`` if nobody holds it; False when held, gone or not ours.
+
+    We take the lock ourselves (non-blocking) and unlink while holding it. A process that
+    opened the file but has not locked it yet then locks the unlinked inode, sees in
+    :meth:`FileLock.acquire` that the path no longer names it, and retries on a fresh file, so
+    mutual exclusion holds. ``dry_run`` only says whether it would go.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False  # gone, a symlink, or not ours to open: leave it
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # held: in use
+        locked, now = os.fstat(fd), os.stat(path, follow_symlinks=False)
+        if (locked.st_dev, locked.st_ino) != (now.st_dev, now.st_ino):
+            return False  # replaced meanwhile: the new file is somebody's fresh lock
+        if not dry_run:
+            os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(fd)

@@ -1,8 +1,9 @@
 """Garbage collection and fsck: what the refs reach stays, everything a store holds is checked.
 
-gc marks from every ref (and extra roots) through manifests, overlay parent annotations and the
-qcow2 backing names qemu itself would follow, then sweeps the rest under the exclusive lock, so
-no pull or build is between adding blobs and tagging them.
+gc marks from every ref, every recorded outside user (``roots/``: an ``export --link`` overlay)
+and extra roots, through manifests, overlay parent annotations and the qcow2 backing names qemu
+itself would follow, then sweeps the rest under the exclusive lock, so no pull or build is
+between adding blobs and tagging them. Lock files nobody holds go too.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import re
 import shutil
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagekit.core import atomic
 from imagekit.core.digest import hash_stream
+from imagekit.core.locking import remove_unheld
 from imagekit.disk import qcow2
 from imagekit.errors import StoreError
+from imagekit.oci import roots as outside
 from imagekit.oci.layout import Descriptor, Layout, check_digest, manifest_descriptors, parents
 from imagekit.oci.media import MEDIA_INDEX, MEDIA_MANIFEST, REF_ANNOTATION
 
@@ -30,11 +33,17 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 @dataclass(frozen=True)
 class GcReport:
-    """What gc removed (or would remove, on a dry run); ``freed_bytes`` counts blobs and temps."""
+    """What gc removed (or would remove, on a dry run); ``freed_bytes`` counts blobs and temps.
+
+    ``removed_locks`` are lock files nobody held, relative to the store root;
+    ``dropped_roots`` maps each outside path gc stopped keeping blobs for to the reason.
+    """
 
     removed_blobs: list[str]
     freed_bytes: int
     removed_temp: list[str]
+    removed_locks: list[str] = field(default_factory=list)
+    dropped_roots: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,14 +66,18 @@ def collect(
     remove_partial: bool = False,
     dry_run: bool = False,
 ) -> GcReport:
-    """Remove blobs no ref (or extra root) reaches, and temps of processes that died.
+    """Remove blobs no ref, recorded root or extra root reaches, temps of processes that died,
+    and lock files nobody holds.
 
+    A recorded root whose file is gone or no longer backs onto the store is dropped first.
     Partial downloads (``tmp/*.part``, ``*.part.json``) are kept for resuming unless
     ``remove_partial``. Waits for every shared-lock holder (pulls, builds) to finish.
     """
     with layout.exclusive_lock():
         roots = [d.digest for d in layout.entries()]
         roots += [check_digest(r) for r in extra_roots]
+        kept, dropped = _outside_roots(layout, dry_run)
+        roots += [digest for root in kept for digest in (root.manifest, *root.blobs)]
         marked = _mark(layout, roots)
         removed, freed = [], 0
         for path in sorted(layout.blobs_dir.iterdir()):
@@ -79,7 +92,8 @@ def collect(
         if removed and not dry_run:
             atomic.fsync_dir(layout.blobs_dir)
         removed_temp, temp_bytes = _sweep_tmp(layout, remove_partial, dry_run)
-    return GcReport(removed, freed + temp_bytes, removed_temp)
+        locks = _sweep_locks(layout, dry_run)
+    return GcReport(removed, freed + temp_bytes, removed_temp, locks, dropped)
 
 
 def fsck(layout: Layout) -> FsckReport:
@@ -142,6 +156,38 @@ def _children(layout: Layout, digest: str) -> list[str]:
             f"gc stopped, nothing removed: manifest {digest} is malformed ({e}); "
             "run `imagekit fsck`"
         ) from e
+
+
+def _outside_roots(layout: Layout, dry_run: bool) -> tuple[list[outside.Root], dict[str, str]]:
+    """The recorded roots still in use, and the others (dropped unless ``dry_run``)."""
+    try:
+        records = outside.load_all(layout)
+    except StoreError as e:
+        raise StoreError(f"gc stopped, nothing removed: {e}") from e
+    kept, dropped = [], {}
+    for root in records:
+        reason = outside.stale_reason(layout, root)
+        if reason is None:
+            kept.append(root)
+            continue
+        dropped[str(root.path)] = reason
+        if not dry_run:
+            outside.remove(layout, root.path)
+    return kept, dropped
+
+
+def _sweep_locks(layout: Layout, dry_run: bool) -> list[str]:
+    """Lock files in ``locks/`` and ``tmp/`` that no process holds (the store's ``.lock`` is
+    gc's own). Safe against a process about to lock one: see ``locking.remove_unheld``."""
+    removed = []
+    for directory in (layout.locks_dir, layout.tmp_dir):
+        for path in sorted(directory.glob("*.lock")):
+            if remove_unheld(path, dry_run=dry_run):
+                removed.append(str(path.relative_to(layout.root)))
+    if removed and not dry_run:
+        for directory in (layout.locks_dir, layout.tmp_dir):
+            atomic.fsync_dir(directory)
+    return removed
 
 
 def _sweep_tmp(layout: Layout, remove_partial: bool, dry_run: bool) -> tuple[list[str], int]:

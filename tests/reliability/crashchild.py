@@ -98,7 +98,7 @@ def run(spec: dict[str, Any]) -> None:
     elif op == "gc":
         store.gc(remove_partial=bool(spec.get("partial")))
     elif op == "export":
-        Image.load(store, spec["ref"]).export(pathlib.Path(spec["dest"]))
+        Image.load(store, spec["ref"]).export(pathlib.Path(spec["dest"]), force=True)
     elif op == "build":
         store.build(load_recipe(spec["recipe"]), tag=spec.get("tag"))
     else:

@@ -222,7 +222,7 @@ def test_kill_export_leaves_old_destination_and_store(
     run_killed({**spec, "call": point})
     assert dest.read_bytes() == b"the previous export"
     assert_consistent(store)
-    image.export(dest)
+    image.export(dest, force=True)
     done = subprocess.run(
         ["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(image.path), str(dest)],
         capture_output=True,
