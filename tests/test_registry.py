@@ -115,32 +115,20 @@ def make_chain(store: Store, work: Path, *, seed: int = 1, size: int = 4 << 20) 
 def overlay_on(
     store: Store, parent: Descriptor, work: Path, backing: str | None = None
 ) -> Descriptor:
-    """A qcow2 overlay naming ``parent`` by blob name (as build layers do), with data written."""
+    """A qcow2 overlay naming ``parent`` by blob name (as build layers do), 1 MiB written.
+
+    With ``backing`` the header names that path instead (a hostile layer; nothing written).
+    """
     work.mkdir()
     (work / hexpart(parent.digest)).symlink_to(store.blob_path(parent.digest))
     overlay = work / "layer.qcow2"
-    name = backing or hexpart(parent.digest)
-    subprocess.run(
-        [
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-u",
-            "-b",
-            name,
-            "-F",
-            "qcow2",
-            str(overlay),
-            "4M",
-        ],
-        check=True,
-    )
+    create = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2"]
     if backing is None:
-        subprocess.run(
-            ["qemu-io", "-c", "write -P 0xab 0 1M", str(overlay)], check=True, capture_output=True
-        )
+        subprocess.run([*create, "-b", hexpart(parent.digest), str(overlay)], check=True)
+        write = ["qemu-io", "-c", "write -P 0xab 0 1M", str(overlay)]
+        subprocess.run(write, check=True, capture_output=True)
+    else:
+        subprocess.run([*create, "-u", "-b", backing, str(overlay), "4M"], check=True)
     temp = store.new_temp()
     shutil.copyfile(overlay, temp)
     annotations = {PARENT_ANNOTATION: parent.digest}
