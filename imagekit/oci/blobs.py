@@ -14,7 +14,9 @@ import functools
 import hashlib
 import json
 import os
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,6 +32,7 @@ from imagekit.progress import ProgressCallback, ProgressEvent
 
 _PROGRESS_INTERVAL = 0.1
 _HINTS_MAX = 20000
+_QUEUED = 8  # pieces waiting for the hashing thread: 8 MiB at most
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
 _R = TypeVar("_R")
 
@@ -207,13 +210,44 @@ class _Upload:
 # --- download --------------------------------------------------------------------------------
 
 
+class _Hasher:
+    """sha256 on a thread of its own, so a blob is hashed while its next piece arrives.
+
+    hashlib lets go of the GIL on large buffers; at most ``_QUEUED`` pieces wait to be hashed,
+    so memory stays bounded. The pieces are immutable bytes (or views of them): never copied.
+    """
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._queue: queue.Queue[bytes | memoryview | None] = queue.Queue(_QUEUED)
+        self._thread = threading.Thread(target=self._run, name="imagekit-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (piece := self._queue.get()) is not None:
+            self._sha.update(piece)
+
+    def update(self, piece: bytes | memoryview) -> None:
+        self._queue.put(piece)
+
+    def hexdigest(self) -> str:
+        """The digest of every piece given; the hasher is finished afterwards."""
+        self.stop()
+        return self._sha.hexdigest()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
 class Partial:
     """``tmp/oci-<hex>.part``: one blob's bytes so far, hashed exactly as they reached the file."""
 
     def __init__(self, path: Path, desc: Descriptor) -> None:
         self.path, self.desc = path, desc
         self.size = self.adopted = self.received = 0
-        self._hash = hashlib.sha256()
+        self._hash = _Hasher()
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         self._fd = _guarded(path, lambda: os.open(path, flags, 0o644))
         self._adopt()
@@ -230,7 +264,8 @@ class Partial:
     def reset(self) -> None:
         _guarded(self.path, lambda: os.ftruncate(self._fd, 0))
         os.lseek(self._fd, 0, os.SEEK_SET)
-        self._hash = hashlib.sha256()
+        self._hash.stop()
+        self._hash = _Hasher()
         self.size = self.adopted = 0
 
     def write(self, data: bytes) -> None:
@@ -265,6 +300,7 @@ class Partial:
         self.reset()
 
     def close(self) -> None:
+        self._hash.stop()
         os.close(self._fd)
 
 

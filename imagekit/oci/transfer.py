@@ -31,7 +31,7 @@ from imagekit.oci.media import DISK_FORMATS, MEDIA_INDEX, MEDIA_MANIFEST, oci_ar
 from imagekit.oci.registry import Manifest, Registry, RegistryRef
 from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
 
-DEFAULT_CHUNK = 64 << 20
+DEFAULT_CHUNK = 256 << 20  # few PATCHes: registries may fsync each one (distribution 2.8 does)
 PARALLEL = 3  # blobs moved at once: enough to hide round trips, few enough not to thrash disks
 _MAX_CHAIN = 64
 _T = TypeVar("_T")
