@@ -214,7 +214,8 @@ def _b64url(data: bytes) -> str:
 
 
 class TokenService:
-    """Issues RS256 JWTs the registry trusts (``auth: token``) to one user, for asked scopes.
+    """Issues RS256 JWTs the registry trusts (``auth: token``) to one user, for asked scopes
+    (only ``pull`` in repositories under ``readonly/``).
 
     The key and its self-signed certificate are made by openssl, and so are the signatures, so
     the tests need no crypto library. ``issued`` counts the tokens given out.
@@ -269,7 +270,8 @@ class TokenService:
         for scope in scopes:
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
-            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+            granted = ["pull"] if name.startswith("readonly/") else actions.split(",")
+            access.append({"type": kind, "name": name, "actions": granted})
         now = int(time.time())
         claims = {
             "iss": self.ISSUER,

@@ -420,6 +420,9 @@ def test_login_then_push_and_pull(
     assert no_user_credentials.stat().st_mode & 0o777 == 0o600
     assert json.loads(no_user_credentials.read_text())["auths"][locked.host]["auth"]
 
+    no_user = run_cli("login", locked.host, "--password-stdin", stdin=PASSWORD + "\n")
+    assert no_user.returncode == 2 and "needs --username" in no_user.stderr
+
     chain = make_chain(Store(tmp_path / "a"), tmp_path / "work")
     pushed = run_cli("push", "web:1", locked.ref("private/web"), "--json", store=chain.store.root)
     assert pushed.returncode == 0, pushed.stderr
@@ -454,6 +457,9 @@ def test_docker_config_and_credential_helpers_are_read(
     assert found is not None and found.source == "docker-credential-imagekit-test"
     assert PASSWORD not in repr(found)
     assert chain.store.push("web:1", locked.ref("helper/web")).digest == chain.top.digest
+    (docker / "config.json").write_text(json.dumps({"credHelpers": {locked.host: "absent"}}))
+    with pytest.raises(FetchError, match="docker-credential-absent, which is not installed"):
+        chain.store.push("web:1", locked.ref("helper/web"))
 
 
 def test_the_bearer_token_flow(tmp_path: Path, no_user_credentials: Path) -> None:
@@ -472,6 +478,8 @@ def test_the_bearer_token_flow(tmp_path: Path, no_user_credentials: Path) -> Non
         assert tokens.issued >= 1
         image = Store(tmp_path / "b").pull(running.ref("tokens/web"))
         assert image.digest == chain.top.digest
+        with pytest.raises(FetchError, match="insufficient scope"):
+            chain.store.push("web:1", running.ref("readonly/web"))
         no_user_credentials.write_text(
             json.dumps({"auths": {running.host: {"username": USER, "password": "wrong"}}})
         )

@@ -59,6 +59,8 @@ def login(
     """Check a registry login and save it ($REGISTRY_AUTH_FILE or containers auth.json, 0600)."""
     from imagekit.store import login as save_login
 
+    if password_stdin and not username:
+        raise RecipeError("--password-stdin needs --username (stdin holds the password)")
     user = username or typer.prompt("Username")
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")

@@ -113,6 +113,11 @@ def _from_file(
     if isinstance(helpers, dict):
         for key, helper in helpers.items():
             if _key_host(key) in wanted and isinstance(helper, str):
+                if shutil.which(f"docker-credential-{helper}") is None:
+                    raise FetchError(
+                        f"{path} sends {host} to the credential helper docker-credential-"
+                        f"{helper}, which is not installed: install it or edit that file"
+                    )
                 return _from_helper(helper, host)
     auths = data.get("auths")
     if isinstance(auths, dict):
@@ -280,8 +285,18 @@ class Authenticator:
         with self._lock:
             self._tokens[tuple(sorted(scopes))] = token
 
-    def refused(self) -> FetchError:
+    def refused(self, response: requests.Response | None = None) -> FetchError:
         """The error for a request still refused after answering the challenge."""
+        challenge = (
+            parse_challenge(response.headers.get("WWW-Authenticate", ""))
+            if response is not None
+            else None
+        )
+        if challenge is not None and challenge.params.get("error") == "insufficient_scope":
+            return FetchError(
+                f"{self.host} denies this account {challenge.params.get('scope', 'that access')} "
+                "(insufficient scope): check the repository name and your rights to it"
+            )
         credentials = self.credentials()
         if credentials is None:
             return self.login_needed()

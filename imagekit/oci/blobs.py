@@ -96,18 +96,22 @@ def push_blob(
     chunk_size: int,
     meter: Meter,
 ) -> tuple[str, int]:
-    """Make ``repository`` hold ``desc``: ("skipped" | "mounted" | "uploaded", bytes sent)."""
-    if registry.blob_size(repository, desc.digest) is not None:
-        meter.update(desc.size, final=True)
-        return "skipped", 0
-    location = None
-    if hint is not None and hint != repository:
-        location = registry.mount(repository, desc.digest, hint)
-        if location is None:
-            meter.update(desc.size, final=True)
-            return "mounted", 0
+    """Make ``repository`` hold ``desc``: ("skipped" | "mounted" | "uploaded", bytes sent).
+
+    A lock per registry, repository and blob keeps two pushes off one upload session.
+    """
     upload = _Upload(layout, registry, repository, desc, chunk_size, meter)
-    return "uploaded", upload.run(location)
+    with layout.digest_lock(upload.sidecar.name.removesuffix(".part.json")):
+        if registry.blob_size(repository, desc.digest) is not None:
+            meter.update(desc.size, final=True)
+            return "skipped", 0
+        location = None
+        if hint is not None and hint != repository:
+            location = registry.mount(repository, desc.digest, hint)
+            if location is None:
+                meter.update(desc.size, final=True)
+                return "mounted", 0
+        return "uploaded", upload.run(location)
 
 
 class _Upload:

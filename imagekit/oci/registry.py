@@ -175,7 +175,7 @@ class Registry:
                 return resp
             resp.close()
             if attempt:
-                raise self.auth.refused()
+                raise self.auth.refused(resp)
             self.auth.answer(resp, scopes)
         raise AssertionError("unreachable")
 

@@ -134,7 +134,7 @@ def push(
         )
         getattr(report, outcome).append(desc.digest)
         report.uploaded_bytes += sent
-        report.skipped_bytes += desc.size - sent
+        report.skipped_bytes += max(0, desc.size - sent)  # a chunk sent twice (a 401) counts once
 
     _parallel(one, wanted, options.parallel)
     for number, (manifest_digest, _) in enumerate(chain, 1):
