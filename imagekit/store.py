@@ -88,7 +88,7 @@ class Store(Layout):
         multi-arch index, and ``verify_signature(digest, ref)`` may refuse the manifest before
         anything is stored.
         """
-        from imagekit.oci.registry import SCHEME
+        from imagekit.oci.reference import SCHEME
 
         if isinstance(recipe, str) and recipe.startswith(SCHEME):
             from imagekit.oci.transfer import TransferOptions
@@ -143,7 +143,8 @@ class Store(Layout):
         kill. Without a tag the target gets the local ref's tag.
         """
         from imagekit.oci import transfer
-        from imagekit.oci.registry import Registry, RegistryRef
+        from imagekit.oci.reference import RegistryRef
+        from imagekit.oci.registry import Registry
 
         descriptor = self.resolve(ref)
         parsed = RegistryRef.parse(target)
@@ -281,7 +282,8 @@ def login(
     The file is $REGISTRY_AUTH_FILE, else ${XDG_RUNTIME_DIR}/containers/auth.json.
     """
     from imagekit.oci.auth import Credentials, save_login
-    from imagekit.oci.registry import Registry, parse_host
+    from imagekit.oci.reference import parse_host
+    from imagekit.oci.registry import Registry
 
     host = parse_host(host)
     credentials = Credentials(username, password)

@@ -31,7 +31,8 @@ from imagekit.oci.media import (
     PARENT_ANNOTATION,
     TITLE_ANNOTATION,
 )
-from imagekit.oci.registry import Registry, RegistryRef
+from imagekit.oci.reference import RegistryRef
+from imagekit.oci.registry import Registry
 from imagekit.sources.registry import RegistryPull, local_ref
 from imagekit.store import Store
 from tests.conftest import Upstream, make_qcow2

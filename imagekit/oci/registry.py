@@ -20,8 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 from imagekit.core.digest import sha256_bytes
-from imagekit.core.refs import DIGEST_RE, TAG_RE
-from imagekit.errors import FetchError, RecipeError, VerificationError
+from imagekit.errors import FetchError, VerificationError
 from imagekit.net.transport import HEADERS, Transient, Transport, content_length
 from imagekit.oci.auth import Authenticator, Credentials, is_loopback
 from imagekit.oci.media import MANIFEST_MEDIA
@@ -29,67 +28,10 @@ from imagekit.oci.media import MANIFEST_MEDIA
 if TYPE_CHECKING:
     import requests
 
-SCHEME = "oci://"
 MANIFEST_MAX = 4 << 20  # the distribution spec's limit for a manifest body
 PIECE = 1 << 20  # bytes per read or write when a body streams
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?")
 _RANGE = re.compile(r"(?:bytes=)?0-(\d+)")
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class RegistryRef:
-    """``oci://HOST[:PORT]/REPO[:TAG][@sha256:DIGEST]``, validated; parse it with :meth:`parse`."""
-
-    host: str
-    repository: str
-    tag: str | None = None
-    digest: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> RegistryRef:
-        if not text.startswith(SCHEME):
-            raise RecipeError(f"{text!r} is not a registry reference: write oci://HOST/REPO:TAG")
-        host, slash, rest = text.removeprefix(SCHEME).partition("/")
-        rest, at, digest = rest.partition("@")
-        path, colon, tag = rest.rpartition(":") if ":" in rest else (rest, "", "")
-        if not _HOST.fullmatch(host) or not slash:
-            raise RecipeError(f"{text!r} names no valid registry host: write oci://HOST/REPO:TAG")
-        if not _REPOSITORY.fullmatch(path) or len(path) > 255:
-            raise RecipeError(
-                f"invalid repository {path!r} in {text!r}: use lowercase letters, digits and "
-                "'.', '_', '-' between them, components separated by '/'"
-            )
-        if colon and not re.fullmatch(TAG_RE, tag):
-            raise RecipeError(f"invalid tag {tag!r} in {text!r}: use up to 128 of [A-Za-z0-9._-]")
-        if at and not re.fullmatch(DIGEST_RE, digest):
-            raise RecipeError(f"invalid digest {digest!r} in {text!r}: expected sha256:<64 hex>")
-        return cls(host, path, tag or None, digest or None)
-
-    @property
-    def reference(self) -> str:
-        """What the manifest endpoint takes: the digest if given, else the tag (``latest``)."""
-        return self.digest or self.tag or "latest"
-
-    def but(self, *, tag: str | None = None, digest: str | None = None) -> RegistryRef:
-        """The same repository at another tag or digest."""
-        return RegistryRef(self.host, self.repository, tag, digest)
-
-    def __str__(self) -> str:
-        tag = f":{self.tag}" if self.tag else ""
-        digest = f"@{self.digest}" if self.digest else ""
-        return f"{SCHEME}{self.host}/{self.repository}{tag}{digest}"
-
-
-def parse_host(text: str) -> str:
-    """``HOST[:PORT]`` (an ``oci://`` prefix and a trailing ``/`` are accepted), validated."""
-    host = text.removeprefix(SCHEME).rstrip("/")
-    if not _HOST.fullmatch(host):
-        raise RecipeError(f"{text!r} is not a registry host: write HOST or HOST:PORT")
-    return host
 
 
 @dataclass(frozen=True)
@@ -336,7 +278,7 @@ class Registry:
         url = with_query(location, {"digest": digest})
         with self.request("PUT", url, [push_scope(repository)], body=lambda: b"") as resp:
             if resp.status_code != 201:
-                if resp.status_code in (400, 416):
+                if resp.status_code in (400, 404, 416):  # torn, forgotten or refused: again
                     raise RangeMismatch
                 fail(resp, f"{self.host} refused to finish the upload of {digest}")
 

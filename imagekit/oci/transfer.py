@@ -28,7 +28,8 @@ from imagekit.oci import blobs
 from imagekit.oci.blobs import MountHints, Partial
 from imagekit.oci.layout import Descriptor, Layout, manifest_descriptors
 from imagekit.oci.media import DISK_FORMATS, MEDIA_INDEX, MEDIA_MANIFEST, oci_arch
-from imagekit.oci.registry import Manifest, Registry, RegistryRef
+from imagekit.oci.reference import RegistryRef
+from imagekit.oci.registry import Manifest, Registry
 from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
 
 DEFAULT_CHUNK = 256 << 20  # few PATCHes: registries may fsync each one (distribution 2.8 does)

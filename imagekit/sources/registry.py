@@ -24,7 +24,8 @@ from imagekit.net.transport import Transport
 from imagekit.oci import transfer
 from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.media import ARTIFACT_TYPE, DISK_FORMATS, MEDIA_CONFIG, MEDIA_MANIFEST
-from imagekit.oci.registry import Registry, RegistryRef
+from imagekit.oci.reference import RegistryRef
+from imagekit.oci.registry import Registry
 from imagekit.oci.transfer import PullReport, Remote, TransferOptions
 from imagekit.progress import ProgressEvent
 from imagekit.recipe import host_arch
