@@ -103,13 +103,13 @@ def push_blob(
     upload = _Upload(layout, registry, repository, desc, chunk_size, meter)
     with layout.digest_lock(upload.sidecar.name.removesuffix(".part.json")):
         if registry.blob_size(repository, desc.digest) is not None:
-            meter.update(desc.size, final=True)
+            upload.forget()  # a killed push may have finished it before forgetting the upload
             return "skipped", 0
         location = None
         if hint is not None and hint != repository:
             location = registry.mount(repository, desc.digest, hint)
             if location is None:
-                meter.update(desc.size, final=True)
+                upload.forget()
                 return "mounted", 0
         return "uploaded", upload.run(location)
 
@@ -142,9 +142,13 @@ class _Upload:
         url = self.registry.url(self.repository, "blobs", "uploads/")
         with self.path.open("rb") as f:
             self.registry.transport.retrying(url, lambda: self._attempt(f), lambda: self.offset)
+        self.forget()
+        return self.sent
+
+    def forget(self) -> None:
+        """The registry holds the blob: no upload of it is left to resume."""
         self.sidecar.unlink(missing_ok=True)
         self.meter.update(self.desc.size, final=True)
-        return self.sent
 
     def _attempt(self, f: IO[bytes]) -> None:
         location = self._sync()

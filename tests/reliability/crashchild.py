@@ -40,6 +40,20 @@ def kill_at_byte(limit: int) -> None:
     _Partial._write = write  # type: ignore[method-assign]
 
 
+def kill_at_blob_byte(limit: int) -> None:
+    """Die once a registry pull's partial blob holds at least ``limit`` bytes."""
+    from imagekit.oci.blobs import Partial
+
+    original = Partial.write
+
+    def write(self: Partial, data: bytes) -> None:
+        original(self, data)
+        if self.size >= limit:
+            die()
+
+    Partial.write = write  # type: ignore[method-assign]
+
+
 def kill_at_call(point: str, nth: int = 1) -> None:
     """Die before or after the ``nth`` call of ``module:Owner.attr`` (``module:func``)."""
     module_name, dotted, when = point.split(":")
@@ -87,6 +101,8 @@ def run(spec: dict[str, Any]) -> None:
 
     if spec.get("byte") is not None:
         kill_at_byte(int(spec["byte"]))
+    if spec.get("blob_byte") is not None:
+        kill_at_blob_byte(int(spec["blob_byte"]))
     if spec.get("call"):
         kill_at_call(spec["call"], int(spec.get("nth", 1)))
     if spec.get("unlink"):
