@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 
 from imagekit import config
 from imagekit.core import atomic
+from imagekit.core.capped import TEXT_MAX, read_capped
 from imagekit.errors import FetchError
 from imagekit.net.transport import HEADERS, Transient, Transport
 
@@ -94,16 +96,17 @@ def find_credentials(
 
 
 def _read_auth_file(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_bytes())
-    except FileNotFoundError:
+    """An auth file's JSON (a bounded read of a regular file); None when there is none."""
+    if not os.path.lexists(path):
         return None
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not valid JSON"
+    data = read_capped(path, TEXT_MAX, "registry credentials file", error=FetchError)
+    try:
+        obj = json.loads(data)
+    except ValueError:
         raise FetchError(
-            f"cannot read registry credentials from {path}: {reason}; fix or remove that file"
+            f"cannot read registry credentials from {path}: not valid JSON; fix or remove it"
         ) from None
-    return data if isinstance(data, dict) else None
+    return obj if isinstance(obj, dict) else None
 
 
 def _from_file(

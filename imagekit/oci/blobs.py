@@ -59,6 +59,7 @@ class MountHints:
 
     def __init__(self, layout: Layout, host: str) -> None:
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", host)
+        self.layout = layout
         self.path = layout.cache_dir / "registry" / f"{safe}.json"
 
     def _load(self) -> dict[str, str]:
@@ -80,8 +81,9 @@ class MountHints:
             data[digest] = repository
         kept = dict(list(data.items())[-_HINTS_MAX:])
         with contextlib.suppress(OSError):  # a lost hint costs an upload, never correctness
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic.replace_file(self.path, json.dumps(kept).encode())
+            self.layout.access.make_dir(self.path.parent)
+            mode = self.layout.access.file_mode
+            atomic.replace_file(self.path, json.dumps(kept).encode(), mode=mode)
 
 
 # --- upload ----------------------------------------------------------------------------------
@@ -131,6 +133,7 @@ class _Upload:
         self.chunk_size, self.meter = max(1, chunk_size), meter
         key = hexpart(identity([registry.host, repository, desc.digest]))[:32]
         self.sidecar = layout.tmp_dir / f"push-{key}.part.json"
+        self.mode = layout.access.file_mode
         self.location: str | None = None
         self.offset = self.sent = self.restarts = 0
         self.unsure = False  # the registry may hold more or less than ``offset``: ask first
@@ -210,7 +213,7 @@ class _Upload:
     def _save(self) -> None:
         data = json.dumps({"location": self.location, "digest": self.desc.digest}).encode()
         try:
-            atomic.replace_file(self.sidecar, data, mode=0o600)
+            atomic.replace_file(self.sidecar, data, mode=self.mode)
         except OSError as exc:
             raise FetchError(f"cannot write {self.sidecar}: {exc.strerror or exc}") from None
 
@@ -252,12 +255,12 @@ class _Hasher:
 class Partial:
     """``tmp/oci-<hex>.part``: one blob's bytes so far, hashed exactly as they reached the file."""
 
-    def __init__(self, path: Path, desc: Descriptor) -> None:
+    def __init__(self, path: Path, desc: Descriptor, mode: int = 0o600) -> None:
         self.path, self.desc = path, desc
         self.size = self.adopted = self.received = 0
         self._hash = _Hasher()
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-        self._fd = _guarded(path, lambda: os.open(path, flags, 0o644))
+        self._fd = _guarded(path, lambda: os.open(path, flags, mode))
         self._adopt()
 
     def _adopt(self) -> None:
@@ -320,7 +323,7 @@ def download(
     with layout.digest_lock(f"oci-{name}"):
         if layout.has_blob(desc.digest):
             return None
-        part = Partial(layout.tmp_dir / f"oci-{name}.part", desc)
+        part = Partial(layout.tmp_dir / f"oci-{name}.part", desc, layout.access.file_mode)
         try:
             if part.size < desc.size:
                 url = registry.url(repository, "blobs", desc.digest)
