@@ -149,3 +149,34 @@ def supermin_kernel() -> Path | None:
     """$SUPERMIN_KERNEL: the kernel libguestfs's appliance boots, when the user chose one."""
     value = os.environ.get("SUPERMIN_KERNEL")
     return Path(value) if value else None
+
+
+AUTH_FILE_ENV = "REGISTRY_AUTH_FILE"
+
+
+def _runtime_auth_file() -> Path:
+    """podman's default: ${XDG_RUNTIME_DIR}/containers/auth.json, else /run/containers/UID/."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime):
+        return Path(runtime) / "containers" / "auth.json"
+    return Path("/run/containers") / str(os.geteuid()) / "auth.json"
+
+
+def registry_auth_files() -> list[Path]:
+    """Registry credential files in lookup order, as podman and docker users already have them.
+
+    $REGISTRY_AUTH_FILE, ${XDG_RUNTIME_DIR}/containers/auth.json,
+    $XDG_CONFIG_HOME/containers/auth.json, $DOCKER_CONFIG/config.json, ~/.docker/config.json.
+    """
+    files = [Path(os.environ[AUTH_FILE_ENV])] if os.environ.get(AUTH_FILE_ENV) else []
+    files += [_runtime_auth_file(), _config_home() / "containers" / "auth.json"]
+    if os.environ.get("DOCKER_CONFIG"):
+        files.append(Path(os.environ["DOCKER_CONFIG"]) / "config.json")
+    files.append(Path.home() / ".docker" / "config.json")
+    return list(dict.fromkeys(files))
+
+
+def login_auth_file() -> Path:
+    """Where ``imagekit login`` writes: $REGISTRY_AUTH_FILE, else podman's runtime auth.json."""
+    value = os.environ.get(AUTH_FILE_ENV)
+    return Path(value) if value else _runtime_auth_file()

@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
 from imagekit import config
+from imagekit.core.refs import parse_ref
+from imagekit.errors import RecipeError
 from imagekit.image import Image
 from imagekit.oci import gc, roots
 from imagekit.oci.layout import Descriptor, Layout
+from imagekit.oci.media import REF_ANNOTATION
 from imagekit.progress import ProgressCallback, ignore_progress
 from imagekit.recipe import Recipe, load_recipe
 
@@ -25,7 +28,8 @@ if TYPE_CHECKING:
     from imagekit.boot import BootOptions, BootReport, SeedReport, SeedSpec
     from imagekit.build import BuildResult
     from imagekit.net.transport import Transport
-    from imagekit.sources import http
+    from imagekit.oci.transfer import PushReport
+    from imagekit.sources import http, registry
 
 GcReport = gc.GcReport
 FsckReport = gc.FsckReport
@@ -70,19 +74,95 @@ class Store(Layout):
         arch: str | None = None,
         progress: ProgressCallback | None = None,
         transport: Transport | None = None,
+        insecure: bool = False,
+        verify_signature: registry.SignatureCheck | None = None,
         **network: Unpack[http.NetworkOptions],
     ) -> Image:
-        """Fetch, verify and store a recipe's image (a Recipe, a recipe file or NAME[:VERSION]).
+        """Fetch, verify and store a recipe's image (a Recipe, a recipe file or NAME[:VERSION]),
+        or an image from a registry (``oci://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]``).
 
         ``network`` takes the options of :class:`imagekit.sources.http.FetchOptions`: ``mirror``,
         ``refresh``, ``offline``, ``allow_loopback_http``, ``metadata_ttl`` and ``keys_override``
         (key files that replace the recipe's pinned keys; recorded in provenance). ``transport``
-        sets retries, timeouts or a requests Session of the caller's.
+        sets retries, timeouts or a requests Session of the caller's. For ``oci://`` pulls,
+        ``insecure`` allows plain http to a registry off loopback, ``arch`` picks from a
+        multi-arch index, and ``verify_signature(digest, ref)`` may refuse the manifest before
+        anything is stored.
         """
+        from imagekit.oci.reference import SCHEME
+
+        if isinstance(recipe, str) and recipe.startswith(SCHEME):
+            from imagekit.oci.transfer import TransferOptions
+            from imagekit.sources.registry import RegistryPull
+
+            request = RegistryPull(
+                tag=tag,
+                arch=arch,
+                insecure=insecure,
+                transport=transport,
+                verify_signature=verify_signature,
+                options=TransferOptions(progress=progress or ignore_progress),
+            )
+            return self.pull_registry(recipe, request, network).image
+        if insecure or verify_signature is not None:
+            raise RecipeError("insecure and verify_signature apply to oci:// pulls only")
         from imagekit.sources import http
 
         loaded = load_recipe(recipe, arch=arch) if isinstance(recipe, str) else recipe
         return http.pull(self._session(progress, network, transport), loaded, tag=tag)
+
+    def pull_registry(
+        self,
+        ref: str,
+        request: registry.RegistryPull,
+        network: http.NetworkOptions | None = None,
+    ) -> registry.Pulled:
+        """:meth:`pull` of an ``oci://`` reference, also saying which blobs were fetched."""
+        from imagekit.sources import registry
+
+        given = sorted(name for name, value in (network or {}).items() if value)
+        if given:
+            raise RecipeError(
+                f"{', '.join(given)} apply to recipe pulls, not to a registry ({ref})"
+            )
+        return registry.pull(self, ref, request)
+
+    def push(
+        self,
+        ref: str,
+        target: str,
+        *,
+        insecure: bool = False,
+        progress: ProgressCallback | None = None,
+        transport: Transport | None = None,
+        chunk_size: int | None = None,
+    ) -> PushReport:
+        """Copy a stored image (and the base it was built on) to ``oci://HOST/REPO[:TAG]``.
+
+        Blobs the registry has are skipped, blobs another repository of it holds are mounted,
+        the rest is uploaded in chunks (``chunk_size``, default 256 MiB) that resume after a
+        kill. Without a tag the target gets the local ref's tag.
+        """
+        from imagekit.oci import transfer
+        from imagekit.oci.reference import RegistryRef
+        from imagekit.oci.registry import Registry
+
+        descriptor = self.resolve(ref)
+        parsed = RegistryRef.parse(target)
+        if parsed.tag is None and parsed.digest is None:
+            local_ref = descriptor.annotations.get(REF_ANNOTATION)
+            parsed = parsed.but(tag=parse_ref(local_ref).tag if local_ref else "latest")
+        remote = Registry(
+            parsed.host,
+            transport=transport,
+            insecure=insecure,
+            repository=parsed.repository,
+        )
+        options = transfer.TransferOptions(
+            chunk_size=chunk_size or transfer.DEFAULT_CHUNK, progress=progress or ignore_progress
+        )
+        with self.shared_lock():
+            return transfer.push(self, descriptor.digest, parsed, remote, options)
 
     def build(
         self,
@@ -214,6 +294,28 @@ class Store(Layout):
     def fsck(self) -> FsckReport:
         """Rehash every blob and check every ref's manifest, config and layers are present."""
         return gc.fsck(self)
+
+
+def login(
+    host: str,
+    username: str,
+    password: str,
+    *,
+    insecure: bool = False,
+    transport: Transport | None = None,
+) -> Path:
+    """Check credentials against a registry, then save them where podman looks (mode 0600).
+
+    The file is $REGISTRY_AUTH_FILE, else ${XDG_RUNTIME_DIR}/containers/auth.json.
+    """
+    from imagekit.oci.auth import Credentials, save_login
+    from imagekit.oci.reference import parse_host
+    from imagekit.oci.registry import Registry
+
+    host = parse_host(host)
+    credentials = Credentials(username, password)
+    Registry(host, transport=transport, insecure=insecure, credentials=credentials).ping()
+    return save_login(host, credentials)
 
 
 def open_store(path: str | Path | None = None) -> Store:

@@ -15,6 +15,8 @@ packages=(
     syslinux mtools dosfstools  # the bootable test disk (tests/bootdisk.py), no loop device
     dropbear-bin              # the SSH server inside that test disk (boot --ssh test)
     strace                    # tests/reliability/test_durability.py traces the fsync/rename order of commits
+    skopeo                    # registry interop tests and the oci benchmark's baseline
+    apache2-utils             # htpasswd for the registry auth tests
 )
 missing=()
 for package in "${packages[@]}"; do
@@ -24,6 +26,18 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}" >&2
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The registry the tests run: Debian's docker-registry binary, extracted, never installed (the
+# packaged service would listen on every interface); tests start it on 127.0.0.1 themselves.
+if [ ! -x .cache/registry/docker-registry ]; then
+    echo "setup: extracting docker-registry into .cache/registry" >&2
+    mkdir -p .cache/registry
+    work=$(mktemp -d)
+    (cd "$work" && { apt-get download -qq docker-registry || { apt-get update -qq && apt-get download -qq docker-registry; }; })
+    dpkg-deb -x "$work"/docker-registry_*.deb "$work/x"
+    mv "$work/x/usr/bin/docker-registry" .cache/registry/docker-registry
+    rm -rf "$work"
 fi
 
 if [ ! -x .venv/bin/python ]; then

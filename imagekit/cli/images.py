@@ -26,7 +26,10 @@ from imagekit.errors import StoreError
 def pull(
     target: Annotated[
         str,
-        typer.Argument(help="Recipe file, or bundled recipe NAME[:VERSION][@sha256:DIGEST]."),
+        typer.Argument(
+            help="Recipe file, bundled recipe NAME[:VERSION][@sha256:DIGEST], or an image in a "
+            "registry: oci://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]."
+        ),
     ],
     store: StoreOption = None,
     mirror: Annotated[
@@ -51,6 +54,10 @@ def pull(
             "127.0.0.1/localhost (tests, a local caching proxy); recorded in provenance."
         ),
     ] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option(help="oci:// only: allow plain http to a registry that is not on loopback."),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Fetch an image, prove it genuine, and store it."""
@@ -63,6 +70,7 @@ def pull(
             refresh=refresh,
             offline=offline,
             allow_loopback_http=allow_loopback_http,
+            insecure=insecure,
             progress=progress,
         )
     if as_json:

@@ -26,11 +26,13 @@ from imagekit.oci.access import Access
 from imagekit.oci.descriptor import Descriptor as Descriptor  # re-exported: callers import it here
 from imagekit.oci.media import (
     ARTIFACT_TYPE,
+    DISK_FORMATS,
     MEDIA_CONFIG,
     MEDIA_INDEX,
     MEDIA_MANIFEST,
     PARENT_ANNOTATION,
     REF_ANNOTATION,
+    TITLE_ANNOTATION,
 )
 
 LAYOUT_VERSION = "1.0.0"
@@ -118,7 +120,14 @@ class Layout:
             size = dest.stat().st_size
         except OSError as e:
             raise StoreError(f"cannot store {path} as {digest}: {e}") from e
-        return Descriptor(media_type, digest, size, annotations or {})
+        return Descriptor(
+            media_type, digest, size, layer_annotations(media_type, digest, annotations)
+        )
+
+    def stored(self, digest: str, media_type: str) -> Descriptor:
+        """The descriptor of a blob already in ``blobs/``, as :meth:`commit_file` returns it."""
+        size = self.blob_path(digest).stat().st_size
+        return Descriptor(media_type, digest, size, layer_annotations(media_type, digest))
 
     def add_bytes(
         self, data: bytes, media_type: str, annotations: Mapping[str, str] | None = None
@@ -426,3 +435,14 @@ def _seal(path: Path, expected: str | None, access: Access) -> None:
                 )
         os.fsync(f.fileno())
         access.seal(f.fileno())
+
+
+def layer_annotations(
+    media_type: str, digest: str, annotations: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """A disk layer gets a file name for tools that save layers as files (oras, skopeo): its
+    blob's hex, the name an overlay's header gives its parent, so saved layers still chain."""
+    found = dict(annotations or {})
+    if media_type in DISK_FORMATS:
+        found.setdefault(TITLE_ANNOTATION, hexpart(digest))
+    return found

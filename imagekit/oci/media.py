@@ -20,6 +20,9 @@ BLOB_MEDIA = {**DISK_MEDIA, "iso": MEDIA_ISO}
 DISK_FORMATS = {media: fmt for fmt, media in DISK_MEDIA.items()}
 
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
+# A disk layer's file name for tools that save layers as files (oras pull): the blob's hex, the
+# very name an overlay's qcow2 header gives its parent, so the saved files form a usable chain.
+TITLE_ANNOTATION = "org.opencontainers.image.title"
 CREATED_ANNOTATION = "org.opencontainers.image.created"
 PARENT_ANNOTATION = "org.imagekit.parent"
 # What made a ref (recipe + resolved file + layers): equal identity, equal image; a cache hit.
@@ -28,6 +31,18 @@ IDENTITY_ANNOTATION = "org.imagekit.recipe.digest"
 SOURCE_URL_ANNOTATION = "org.imagekit.source.url"
 SOURCE_FILENAME_ANNOTATION = "org.imagekit.source.filename"
 SOURCE_DIGEST_ANNOTATION = "org.imagekit.source.digest"
+
+
+# What a registry client asks for and accepts when it reads a manifest (an index: multi-arch).
+MANIFEST_MEDIA = (MEDIA_MANIFEST, MEDIA_INDEX)
+
+# Distribution architecture names (``uname -m``, recipes) <-> OCI platform names (GOARCH).
+OCI_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "386", "armv7l": "arm"}
+
+
+def oci_arch(arch: str) -> str:
+    """The OCI platform name of ``arch`` (``x86_64`` -> ``amd64``; ``amd64`` stays as it is)."""
+    return OCI_ARCH.get(arch, arch)
 
 
 def qemu_format(disk_format: str) -> str:

@@ -335,11 +335,9 @@ def fetch_disk(
     with layout.digest_lock(lock_key):
         if known and _stored_intact(session, f"sha256:{known}", expect.size):
             progress(ProgressEvent("fetch", "already in the store", 1, 1))
-            path = layout.blob_path(f"sha256:{known}")
-            info = qemu_img.info(path, qemu)
-            return FetchedDisk(
-                Descriptor(media_type, f"sha256:{known}", path.stat().st_size), info, None
-            )
+            descriptor = layout.stored(f"sha256:{known}", media_type)
+            info = qemu_img.info(layout.blob_path(descriptor.digest), qemu)
+            return FetchedDisk(descriptor, info, None)
         if session.options.offline:
             raise FetchError(
                 f"offline, and {url} is not in the store yet: pull it once without --offline"

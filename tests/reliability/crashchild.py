@@ -3,8 +3,8 @@
 The parent (test_kill.py) starts it as ``python -c "from tests.reliability.crashchild import
 main; main()" JSON``. A kill point is either a byte count (the download dies right after the
 partial file reaches exactly that many bytes) or a function (``module:Attr.path:before|after``),
-so a kill lands deterministically in the download, the commit phase, gc, export or a build
-(test_build_kills.py). The kill is a
+so a kill lands deterministically in the download, the commit phase, gc, export, a build
+(test_build_kills.py) or a registry push or pull (test_registry_kills.py). The kill is a
 real ``kill -9`` of the whole process: no finally blocks, no flushing, no lock release.
 """
 
@@ -38,6 +38,20 @@ def kill_at_byte(limit: int) -> None:
         original(self, fd, data)
 
     _Partial._write = write  # type: ignore[method-assign]
+
+
+def kill_at_blob_byte(limit: int) -> None:
+    """Die once a registry pull's partial blob holds at least ``limit`` bytes."""
+    from imagekit.oci.blobs import Partial
+
+    original = Partial.write
+
+    def write(self: Partial, data: bytes) -> None:
+        original(self, data)
+        if self.size >= limit:
+            die()
+
+    Partial.write = write  # type: ignore[method-assign]
 
 
 def kill_at_call(point: str, nth: int = 1) -> None:
@@ -87,6 +101,8 @@ def run(spec: dict[str, Any]) -> None:
 
     if spec.get("byte") is not None:
         kill_at_byte(int(spec["byte"]))
+    if spec.get("blob_byte") is not None:
+        kill_at_blob_byte(int(spec["blob_byte"]))
     if spec.get("call"):
         kill_at_call(spec["call"], int(spec.get("nth", 1)))
     if spec.get("unlink"):
@@ -101,6 +117,15 @@ def run(spec: dict[str, Any]) -> None:
         Image.load(store, spec["ref"]).export(pathlib.Path(spec["dest"]), force=True)
     elif op == "build":
         store.build(load_recipe(spec["recipe"]), tag=spec.get("tag"))
+    elif op == "push":
+        store.push(
+            spec["ref"],
+            spec["target"],
+            chunk_size=int(spec.get("chunk", 1 << 20)),
+            transport=Transport(backoff=0.01),
+        )
+    elif op == "pull-oci":
+        store.pull(spec["source"], transport=Transport(backoff=0.01))
     else:
         raise SystemExit(f"unknown op {op!r}")
 

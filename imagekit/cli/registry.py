@@ -1,0 +1,74 @@
+"""Commands that talk to OCI registries: push and login (``pull oci://`` is in images.py)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from imagekit.cli.app import (
+    JsonOption,
+    StoreOption,
+    app,
+    emit_json,
+    human_size,
+    open_store,
+    progress_display,
+)
+from imagekit.errors import RecipeError
+
+InsecureOption = Annotated[
+    bool,
+    typer.Option(help="Allow plain http to a registry that is not on loopback (127.0.0.1)."),
+]
+
+
+@app.command()
+def push(
+    ref: Annotated[str, typer.Argument(help="Stored image NAME[:TAG] or digest.")],
+    target: Annotated[
+        str, typer.Argument(help="oci://HOST[:PORT]/REPO[:TAG] (default tag: REF's).")
+    ],
+    store: StoreOption = None,
+    insecure: InsecureOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Copy a stored image, and the base it was built on, to an OCI registry."""
+    with progress_display(not as_json) as progress:
+        report = open_store(store).push(ref, target, insecure=insecure, progress=progress)
+    if as_json:
+        emit_json(report.to_json())
+        return
+    typer.echo(
+        f"pushed {ref} to {report.target} ({report.digest}): {len(report.uploaded)} blob(s) "
+        f"uploaded ({human_size(report.uploaded_bytes)}), {len(report.mounted)} mounted, "
+        f"{len(report.skipped)} already there"
+    )
+
+
+@app.command()
+def login(
+    host: Annotated[str, typer.Argument(help="Registry HOST[:PORT].")],
+    username: Annotated[str | None, typer.Option("--username", "-u", help="User name.")] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
+    insecure: InsecureOption = False,
+) -> None:
+    """Check a registry login and save it ($REGISTRY_AUTH_FILE or containers auth.json, 0600)."""
+    from imagekit.store import login as save_login
+
+    if password_stdin and not username:
+        raise RecipeError("--password-stdin needs --username (stdin holds the password)")
+    user = username or typer.prompt("Username")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = typer.prompt("Password", hide_input=True)
+    else:
+        raise RecipeError("no terminal to ask the password on: pass it with --password-stdin")
+    if not password:
+        raise RecipeError("the password is empty: give one on stdin or at the prompt")
+    path = save_login(host, user, password, insecure=insecure)
+    typer.echo(f"login to {host} succeeded; credentials saved in {path}")

@@ -1,0 +1,364 @@
+"""A thin client of the OCI distribution API, on imagekit's one HTTP transport.
+
+Why not a library: oras-py reads no containers auth.json and has no referrers, and its push
+reads a whole layer into memory; copying by digest needs a dozen endpoints, written here on
+:class:`imagekit.net.transport.Transport` (its session, timeouts and retry policy). Bodies
+stream in chunks both ways, so memory stays bounded whatever the layer's size.
+
+Plain HTTP is used for loopback registries (127.0.0.1, localhost, ::1) or with ``insecure``;
+https otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
+from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
+
+from imagekit.core.digest import sha256_bytes
+from imagekit.errors import FetchError, VerificationError
+from imagekit.net.transport import HEADERS, Transient, Transport, content_length
+from imagekit.oci.auth import Authenticator, Credentials, is_loopback
+from imagekit.oci.media import MANIFEST_MEDIA
+
+if TYPE_CHECKING:
+    import requests
+
+MANIFEST_MAX = 4 << 20  # the distribution spec's limit for a manifest body
+PIECE = 1 << 20  # bytes per read or write when a body streams
+_RANGE = re.compile(r"(?:bytes=)?0-(\d+)")
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest or index as the registry served it: the exact bytes, their digest and type."""
+
+    body: bytes
+    digest: str
+    media_type: str
+
+    def json(self) -> dict[str, Any]:
+        try:
+            obj = json.loads(self.body)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise VerificationError(f"manifest {self.digest} is not valid JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise VerificationError(f"manifest {self.digest} is not a JSON object")
+        return obj
+
+
+class RangeMismatch(Exception):
+    """The registry holds a different amount of an upload than the client sent (HTTP 416)."""
+
+
+def pull_scope(repository: str) -> str:
+    return f"repository:{repository}:pull"
+
+
+def push_scope(repository: str) -> str:
+    return f"repository:{repository}:pull,push"
+
+
+class Registry:
+    """The distribution endpoints of one registry host, through one transport and one login."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        transport: Transport | None = None,
+        insecure: bool = False,
+        credentials: Credentials | None = None,
+        repository: str | None = None,
+    ) -> None:
+        self.host = host
+        self.transport = transport or Transport()
+        scheme = "http" if insecure or is_loopback(host) else "https"
+        self.base = f"{scheme}://{host}/v2/"
+        self.auth = Authenticator(
+            host,
+            self.transport,
+            insecure=insecure,
+            credentials=credentials,
+            repository=repository,
+        )
+
+    # --- requests ------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        scopes: Sequence[str],
+        *,
+        headers: dict[str, str] | None = None,
+        body: Callable[[], Any] | None = None,
+        stream: bool = True,
+    ) -> requests.Response:
+        """One request, answered once more if the registry asks for credentials first.
+
+        ``body`` makes a fresh request body, since a 401 means sending it again.
+        """
+        for attempt in range(2):
+            resp = self.transport.session.request(
+                method,
+                url,
+                headers={**HEADERS, **(headers or {}), **self.auth.headers(url, scopes)},
+                data=body() if body else None,
+                stream=stream,
+                timeout=self.transport.timeout,
+            )
+            if resp.status_code != 401:
+                return resp
+            resp.close()
+            if attempt:
+                raise self.auth.refused(resp)
+            self.auth.answer(resp, scopes)
+        raise AssertionError("unreachable")
+
+    def url(self, repository: str, *path: str, query: dict[str, str] | None = None) -> str:
+        url = self.base + repository + "/" + "/".join(path)
+        return url + ("?" + urlencode(query) if query else "")
+
+    def retrying(self, url: str, attempt: Callable[[], _T]) -> _T:
+        """``attempt`` under the transport's retry policy (server trouble, dropped connections)."""
+        return self.transport.retrying(url, attempt)
+
+    # --- manifests -----------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """GET /v2/: proves the address and, once answered, the credentials."""
+        url = self.base
+
+        def once() -> None:
+            with self.request("GET", url, []) as resp:
+                if resp.status_code != 200:
+                    fail(resp, f"{self.host} is not an OCI registry (GET /v2/)")
+
+        self.retrying(url, once)
+
+    def manifest_digest(self, repository: str, reference: str) -> str | None:
+        """The digest ``reference`` names in ``repository``, or None if there is none."""
+        url = self.url(repository, "manifests", reference)
+
+        def once() -> str | None:
+            headers = {"Accept": ", ".join(MANIFEST_MEDIA)}
+            with self.request("HEAD", url, [pull_scope(repository)], headers=headers) as resp:
+                if resp.status_code == 404:
+                    return None
+                if resp.status_code != 200:
+                    fail(resp, f"cannot look up {repository}:{reference} on {self.host}")
+                digest = resp.headers.get("Docker-Content-Digest")
+            return digest if digest else self.get_manifest(repository, reference).digest
+
+        return self.retrying(url, once)
+
+    def get_manifest(self, repository: str, reference: str) -> Manifest:
+        """The manifest's exact bytes, checked against the digest asked for or announced."""
+        url = self.url(repository, "manifests", reference)
+        return self.retrying(url, lambda: self._get_manifest_once(url, repository, reference))
+
+    def _get_manifest_once(self, url: str, repository: str, reference: str) -> Manifest:
+        headers = {"Accept": ", ".join(MANIFEST_MEDIA)}
+        with self.request("GET", url, [pull_scope(repository)], headers=headers) as resp:
+            if resp.status_code == 404:
+                raise FetchError(
+                    f"no manifest {reference} in {self.host}/{repository}: check the "
+                    "repository and tag (was it pushed?)"
+                )
+            if resp.status_code != 200:
+                fail(resp, f"cannot get manifest {repository}:{reference} from {self.host}")
+            body = read_capped(resp, MANIFEST_MAX, f"manifest {repository}:{reference}")
+            announced = resp.headers.get("Docker-Content-Digest")
+            media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        digest = sha256_bytes(body)
+        expected = reference if reference.startswith("sha256:") else announced
+        if expected and expected != digest:
+            raise VerificationError(
+                f"the manifest {self.host}/{repository}:{reference} hashes to {digest}, not "
+                f"{expected}: the registry served other bytes than it names; nothing was stored"
+            )
+        return Manifest(body, digest, media_type)
+
+    def put_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
+        """Store ``body`` as ``reference`` (a tag or its own digest); returns its digest."""
+        url = self.url(repository, "manifests", reference)
+
+        def once() -> str:
+            headers = {"Content-Type": media_type}
+            scopes = [push_scope(repository)]
+            with self.request("PUT", url, scopes, headers=headers, body=lambda: body) as resp:
+                if resp.status_code not in (200, 201):
+                    fail(resp, f"{self.host} refused manifest {repository}:{reference}")
+            return sha256_bytes(body)
+
+        return self.retrying(url, once)
+
+    # --- blobs ---------------------------------------------------------------------------
+
+    def blob_size(self, repository: str, digest: str) -> int | None:
+        """The size of a blob the repository holds, or None when it has none."""
+        url = self.url(repository, "blobs", digest)
+
+        def once() -> int | None:
+            with self.request("HEAD", url, [pull_scope(repository)]) as resp:
+                if resp.status_code == 404:
+                    return None
+                if resp.status_code != 200:
+                    fail(resp, f"cannot look up blob {digest} on {self.host}")
+                return content_length(resp)
+
+        return self.retrying(url, once)
+
+    def mount(self, repository: str, digest: str, source: str) -> str | None:
+        """Link a blob ``source`` holds into ``repository``: None when done, else an upload URL.
+
+        A registry that cannot mount starts an ordinary upload instead (HTTP 202).
+        """
+        url = self.url(repository, "blobs", "uploads/", query={"mount": digest, "from": source})
+        scopes = [push_scope(repository), pull_scope(source)]
+
+        def once() -> str | None:
+            with self.request("POST", url, scopes, body=lambda: b"") as resp:
+                if resp.status_code == 201:
+                    return None
+                if resp.status_code != 202:
+                    fail(resp, f"{self.host} refused to mount {digest} from {source}")
+                return self._location(resp, url)
+
+        return self.retrying(url, once)
+
+    def start_upload(self, repository: str) -> str:
+        url = self.url(repository, "blobs", "uploads/")
+
+        def once() -> str:
+            with self.request("POST", url, [push_scope(repository)], body=lambda: b"") as resp:
+                if resp.status_code != 202:
+                    fail(resp, f"{self.host} refused an upload to {repository}")
+                return self._location(resp, url)
+
+        return self.retrying(url, once)
+
+    def upload_offset(self, repository: str, location: str) -> int | None:
+        """How many bytes of an upload the registry holds; None if it forgot the upload."""
+        with self.request("GET", location, [push_scope(repository)]) as resp:
+            if resp.status_code in (400, 404):  # unknown or invalidated upload session
+                return None
+            if resp.status_code != 204:
+                fail(resp, f"cannot ask {self.host} about an upload")
+            match = _RANGE.fullmatch(resp.headers.get("Range", "").strip())
+        # Registries answer "0-0" for an empty upload (an end offset cannot be -1).
+        return 0 if match is None or match[1] == "0" else int(match[1]) + 1
+
+    def patch(
+        self, repository: str, location: str, chunk: FileChunk, *, sent: Callable[[int], None]
+    ) -> str:
+        """Send one chunk of an upload; returns the upload's next URL. Not retried here."""
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Range": f"{chunk.offset}-{chunk.offset + chunk.length - 1}",
+        }
+        chunk.sent = sent
+        with self.request(
+            "PATCH", location, [push_scope(repository)], headers=headers, body=lambda: chunk
+        ) as resp:
+            if resp.status_code == 416:
+                raise RangeMismatch
+            if resp.status_code != 202:
+                fail(resp, f"{self.host} refused part of an upload to {repository}")
+            return self._location(resp, location)
+
+    def finish_upload(self, repository: str, location: str, digest: str) -> None:
+        """Close an upload, the registry checking that what it holds hashes to ``digest``."""
+        url = with_query(location, {"digest": digest})
+        with self.request("PUT", url, [push_scope(repository)], body=lambda: b"") as resp:
+            if resp.status_code != 201:
+                if resp.status_code in (400, 404, 416):  # torn, forgotten or refused: again
+                    raise RangeMismatch
+                fail(resp, f"{self.host} refused to finish the upload of {digest}")
+
+    def open_blob(self, repository: str, digest: str, offset: int = 0) -> requests.Response:
+        """A streamed GET of a blob from ``offset``; the caller checks the status and closes."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        url = self.url(repository, "blobs", digest)
+        return self.request("GET", url, [pull_scope(repository)], headers=headers)
+
+    def _location(self, resp: requests.Response, url: str) -> str:
+        location = resp.headers.get("Location")
+        if not location:
+            raise FetchError(f"{self.host} started an upload without a Location header")
+        return urljoin(url, location)
+
+
+class FileChunk:
+    """``length`` bytes of an open file from ``offset``, streamed in pieces as a request body.
+
+    Iterable with a length, so requests sends a Content-Length and never holds the chunk whole.
+    """
+
+    def __init__(self, file: IO[bytes], offset: int, length: int) -> None:
+        self.file, self.offset, self.length = file, offset, length
+        self.sent: Callable[[int], None] = lambda n: None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[bytes]:
+        left = self.length
+        position = self.offset
+        while left:
+            piece = os.pread(self.file.fileno(), min(PIECE, left), position)
+            if not piece:
+                raise FetchError(f"{self.file.name} ended while uploading it; was it changed?")
+            left -= len(piece)
+            position += len(piece)
+            yield piece
+            self.sent(len(piece))
+
+
+def with_query(url: str, params: dict[str, str]) -> str:
+    """``url`` with ``params`` added to whatever query it has (upload URLs carry state)."""
+    parts = urlsplit(url)
+    query = "&".join(q for q in (parts.query, urlencode(params)) if q)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+def read_capped(resp: requests.Response, limit: int, what: str) -> bytes:
+    body = bytearray()
+    for piece in resp.raw.stream(PIECE, decode_content=False):
+        body += piece
+        if len(body) > limit:
+            raise FetchError(f"{what} is larger than {limit} bytes; refusing it")
+    length = content_length(resp)
+    if length is not None and len(body) < length:
+        raise Transient(f"connection closed after {len(body)} of {length} bytes")
+    return bytes(body)
+
+
+def fail(resp: requests.Response, what: str) -> NoReturn:
+    """Server trouble is retried; anything else is a one-line error with the registry's reason."""
+    status = resp.status_code
+    if status >= 500 or status in (408, 429):
+        raise Transient(f"HTTP {status} {resp.reason}")
+    reason = _error_text(resp)
+    if status == 403:
+        raise FetchError(
+            f"{what}: access denied (HTTP 403{reason}); check that your account may do this"
+        )
+    raise FetchError(f"{what}: HTTP {status}{reason}")
+
+
+def _error_text(resp: requests.Response) -> str:
+    """The registry's own error codes (``BLOB_UNKNOWN: ...``), short, for the message."""
+    try:
+        body = resp.raw.read(64 << 10, decode_content=True)
+        errors = json.loads(body).get("errors") or []
+        text = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors[:3])
+    except (ValueError, AttributeError, TypeError, OSError):
+        return ""
+    return f", {text[:300]}" if text else ""
