@@ -88,8 +88,10 @@ def test_images(pulled: tuple[str, dict[str, Any]], image_bytes: bytes) -> None:
     store, first = pulled
     rows = cli_json("images", "--store", store)
     assert isinstance(rows, list) and len(rows) == 1
-    assert_summary(rows[0], ref="test-cloud:1", data=image_bytes, level="signed")
-    assert {k: v for k, v in rows[0].items() if k != "cached"} == {
+    row = dict(rows[0])
+    assert row.pop("roots") == []  # no file outside the store backs onto it
+    assert_summary(row, ref="test-cloud:1", data=image_bytes, level="signed")
+    assert {k: v for k, v in row.items() if k != "cached"} == {
         k: v for k, v in first.items() if k != "cached"
     }
 
@@ -97,7 +99,8 @@ def test_images(pulled: tuple[str, dict[str, Any]], image_bytes: bytes) -> None:
 def test_inspect(pulled: tuple[str, dict[str, Any]], image_bytes: bytes) -> None:
     store, first = pulled
     record = cli_json("inspect", "test-cloud:1", "--store", store)
-    assert set(record) == SUMMARY | {"manifest", "provenance"}, sorted(record)
+    assert set(record) == SUMMARY | {"manifest", "provenance", "roots"}, sorted(record)
+    assert record["roots"] == []
     assert_summary(
         {k: record[k] for k in SUMMARY}, ref="test-cloud:1", data=image_bytes, level="signed"
     )
@@ -120,7 +123,15 @@ def test_inspect(pulled: tuple[str, dict[str, Any]], image_bytes: bytes) -> None
 def test_gc(pulled: tuple[str, dict[str, Any]]) -> None:
     store, first = pulled
     kept = cli_json("gc", "--store", store)
-    assert kept == {"removed_blobs": [], "removed_temp": [], "freed_bytes": 0, "dry_run": False}
+    locks = kept.pop("removed_locks")  # the pull's lock files, nobody holds them any more
+    assert locks and all(name.startswith(("locks/", "tmp/")) for name in locks)
+    assert kept == {
+        "removed_blobs": [],
+        "removed_temp": [],
+        "dropped_roots": {},
+        "freed_bytes": 0,
+        "dry_run": False,
+    }
     subprocess.run(
         [sys.executable, "-m", "imagekit", "rm", "test-cloud:1", "--store", store],
         cwd=REPO,
@@ -128,7 +139,14 @@ def test_gc(pulled: tuple[str, dict[str, Any]]) -> None:
         capture_output=True,
     )
     would = cli_json("gc", "--store", store, "--dry-run")
-    assert set(would) == {"removed_blobs", "removed_temp", "freed_bytes", "dry_run"}
+    assert set(would) == {
+        "removed_blobs",
+        "removed_temp",
+        "removed_locks",
+        "dropped_roots",
+        "freed_bytes",
+        "dry_run",
+    }
     assert would["dry_run"] is True and Path(first["path"]).exists()
     assert first["image"] in would["removed_blobs"] and first["digest"] in would["removed_blobs"]
     assert all(DIGEST.fullmatch(d) for d in would["removed_blobs"])
