@@ -120,8 +120,26 @@ def _created_fingerprint(status: bytes) -> str:
     raise RuntimeError(f"gpg created no key: {status!r}")
 
 
+# What gpg says when it reached an agent that the previous call's `--kill` was still stopping.
+_AGENT_RACE = (b"Connection reset by peer", b"No agent running", b"IPC connect call failed")
+
+
 def _gpg(homedir: Path, *args: str, stdin: bytes = b"") -> bytes:
-    """Run gpg in batch mode on `homedir`, then stop the gpg-agent it may have started."""
+    """Run gpg in batch mode on `homedir`, then stop the gpg-agent it may have started.
+
+    `gpgconf --kill` returns before the agent is gone, so the next call can meet the dying agent;
+    that race (and only that) is retried.
+    """
+    for _ in range(3):
+        done = _gpg_once(homedir, *args, stdin=stdin)
+        if done.returncode == 0 or not any(text in done.stderr for text in _AGENT_RACE):
+            break
+    if done.returncode != 0:
+        raise RuntimeError(f"gpg {' '.join(args)} failed: {done.stderr.decode(errors='replace')}")
+    return done.stdout
+
+
+def _gpg_once(homedir: Path, *args: str, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
     command = ["gpg", "--homedir", str(homedir), "--batch", "--yes", "--pinentry-mode=loopback"]
     try:
         done = subprocess.run(
@@ -134,6 +152,4 @@ def _gpg(homedir: Path, *args: str, stdin: bytes = b"") -> bytes:
             timeout=60,
             check=False,
         )
-    if done.returncode != 0:
-        raise RuntimeError(f"gpg {' '.join(args)} failed: {done.stderr.decode(errors='replace')}")
-    return done.stdout
+    return done
