@@ -232,3 +232,37 @@ def test_json_commands_print_json_on_failure_too(tmp_path: Path) -> None:
     }
     assert "'--name'" in json.loads(usage.stdout)["error"]
     assert text.returncode == 6 and text.stdout == ""  # JSON only when asked for
+
+
+def test_customize_flags_take_an_explicit_true_or_false() -> None:
+    from imagekit.cli.build import _step_from_arguments
+    from imagekit.customize import parse_step
+
+    table = _step_from_arguments(["--network=no", "--selinux-relabel=false", "--hostname", "web1"])
+    step = parse_step(table, where="command line")
+
+    assert table == {"network": False, "selinux_relabel": False, "hostname": "web1"}
+    assert [op.name for op in step.operations] == ["hostname"]
+    assert _step_from_arguments(["--network=1", "--selinux-relabel=YES"]) == {
+        "network": True,
+        "selinux_relabel": True,
+    }
+    assert _step_from_arguments(["--network"]) == {"network": True}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--selinux-relabel=false"], "give at least one operation"),
+        (["--network=no", "--selinux-relabel=0"], "give at least one operation"),
+        (["--network=maybe"], "--network='maybe': give --network alone, or --network=true"),
+        (["--selinux-relabel="], "--selinux-relabel='': give --selinux-relabel alone"),
+    ],
+)
+def test_customize_flag_values_are_checked_before_the_store_is_opened(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    done = imagekit("customize", "no-such:image", *args, store=tmp_path / "store")
+
+    assert done.returncode == 2
+    assert message in one_line(done)
