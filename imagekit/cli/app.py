@@ -58,6 +58,19 @@ def open_store(path: Path | None) -> imagekit.Store:
     return imagekit.open_store(path)
 
 
+def load_target(target: str, arch: str | None = None) -> imagekit.Recipe:
+    """The recipe TARGET names; a note on stderr when it hides another recipe of its name."""
+    from imagekit.recipe import shadowed_recipe
+
+    recipe = imagekit.load_recipe(target, arch=arch)
+    hidden = shadowed_recipe(recipe)
+    if hidden is not None:
+        typer.echo(
+            f"imagekit: note: recipe {recipe.name} is {recipe.path}, shadowing {hidden}", err=True
+        )
+    return recipe
+
+
 def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 

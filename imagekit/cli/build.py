@@ -11,6 +11,7 @@ from imagekit.cli.app import (
     StoreOption,
     app,
     emit_json,
+    load_target,
     open_store,
     progress_display,
 )
@@ -33,7 +34,7 @@ def build(
     """Build a recipe: its base, then one cached qcow2 layer per customize step."""
     with progress_display(not as_json) as progress:
         result = open_store(store).build(
-            target,
+            load_target(target),
             tag=tag,
             mirror=mirror,
             use_cache=not no_cache,

@@ -16,6 +16,7 @@ from imagekit.cli.app import (
     app,
     emit_json,
     human_size,
+    load_target,
     open_store,
     progress_display,
 )
@@ -63,8 +64,7 @@ def pull(
     """Fetch an image, prove it genuine, and store it."""
     with progress_display(not as_json) as progress:
         image = open_store(store).pull(
-            target,
-            arch=arch,
+            load_target(target, arch),
             mirror=mirror,
             tag=tag,
             refresh=refresh,

@@ -11,8 +11,11 @@ file: its URLs are templates that :mod:`imagekit.resolve` fills from upstream me
 
 from __future__ import annotations
 
+import errno
+import os
 import platform
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import replace
@@ -33,7 +36,9 @@ from imagekit.recipe.model import (
 )
 from imagekit.recipe.schema import FILESYSTEM_LABEL_MAX, RECIPE
 from imagekit.recipe.table import Values, read_table
-from imagekit.recipe.templates import expand
+from imagekit.recipe.templates import expand, version_key
+
+RECIPE_MAX = 1 << 20  # a recipe is hand-written TOML; more than this is not a recipe
 
 
 def host_arch() -> str:
@@ -45,13 +50,43 @@ def host_arch() -> str:
 def load_recipe_file(
     path: Path, *, version: str | None = None, arch: str | None = None, pin: str | None = None
 ) -> Recipe:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"cannot read recipe {path}: {exc}") from exc
     return load_recipe_string(
-        text, base_dir=path.parent, path=path, version=version, arch=arch, pin=pin
+        read_recipe_text(path), base_dir=path.parent, path=path, version=version, arch=arch, pin=pin
     )
+
+
+def read_recipe_text(path: Path) -> str:
+    """A recipe file's text: a regular file of at most RECIPE_MAX bytes of UTF-8.
+
+    Opened non-blocking, so a FIFO is refused instead of hanging; ``/dev/zero`` or a directory
+    is refused by its type before a byte is read. (The one bounded reader for every file the
+    user names is coming to ``imagekit.core``; this becomes a call to it.)
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise RecipeError(f"recipe file {path} does not exist") from None
+        raise RecipeError(f"cannot read recipe {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as stream:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise RecipeError(f"recipe file {path} is a directory; name the .toml file")
+        if not stat.S_ISREG(mode):
+            raise RecipeError(
+                f"recipe file {path} is not a regular file (a device, pipe or socket)"
+            )
+        os.set_blocking(fd, True)
+        try:
+            data = stream.read(RECIPE_MAX + 1)
+        except OSError as exc:
+            raise RecipeError(f"cannot read recipe {path}: {exc.strerror}") from None
+    if len(data) > RECIPE_MAX:
+        raise RecipeError(f"recipe file {path} is larger than {RECIPE_MAX} bytes: not a recipe")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"recipe file {path} is not UTF-8 text: {exc}") from None
 
 
 def load_recipe_string(
@@ -78,6 +113,7 @@ def load_recipe_string(
             raise RecipeError(f"{where}: invalid {key} {value!r}")
     values = {"name": name, "version": recipe_version, "arch": recipe_arch}
     source = _source(top["source"], top["resolve"], values, base_dir or Path.cwd(), where)
+    _check_offered(name, recipe_version, offered_versions(top["version"], source), where)
     if pin:
         if not isinstance(source, HttpSource):
             raise RecipeError(f"{where}: a @sha256 pin applies to downloaded images only")
@@ -93,6 +129,26 @@ def load_recipe_string(
         customize=top["customize"],
         pin=pin or "",
     )
+
+
+def offered_versions(version: str, source: Source) -> list[str] | None:
+    """The versions a recipe can be asked for; None when upstream metadata alone knows them.
+
+    A recipe without ``[resolve]`` offers its one ``version``; a resolving one its releases and
+    ``latest``.
+    """
+    if not isinstance(source, HttpSource) or source.resolve is None:
+        return [version]
+    releases = source.resolve.releases
+    return [*sorted(releases, key=version_key), "latest"] if releases else None
+
+
+def _check_offered(name: str, version: str, offered: list[str] | None, where: str) -> None:
+    """Refuse a version the recipe does not offer, before anything is asked of upstream."""
+    if offered is not None and version not in offered:
+        raise RecipeError(
+            f"{where}: {name} has no version {version!r}; known versions: {', '.join(offered)}"
+        )
 
 
 def _source(
