@@ -68,7 +68,7 @@ def read_recipe_text(path: Path) -> str:
         if exc.errno == errno.ENOENT:
             raise RecipeError(f"recipe file {path} does not exist") from None
         raise RecipeError(f"cannot read recipe {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as stream:
+    try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise RecipeError(f"recipe file {path} is a directory; name the .toml file")
@@ -77,6 +77,11 @@ def read_recipe_text(path: Path) -> str:
                 f"recipe file {path} is not a regular file (a device, pipe or socket)"
             )
         os.set_blocking(fd, True)
+        stream = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with stream:
         try:
             data = stream.read(RECIPE_MAX + 1)
         except OSError as exc:
