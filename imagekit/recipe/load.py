@@ -11,16 +11,14 @@ file: its URLs are templates that :mod:`imagekit.resolve` fills from upstream me
 
 from __future__ import annotations
 
-import errno
-import os
 import platform
 import re
-import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
+from imagekit.core.capped import TEXT_MAX, read_capped
 from imagekit.core.refs import validate_name
 from imagekit.errors import RecipeError
 from imagekit.guest.tarball import tarball_compression
@@ -38,8 +36,6 @@ from imagekit.recipe.schema import FILESYSTEM_LABEL_MAX, RECIPE
 from imagekit.recipe.table import Values, read_table
 from imagekit.recipe.templates import expand, version_key
 
-RECIPE_MAX = 1 << 20  # a recipe is hand-written TOML; more than this is not a recipe
-
 
 def host_arch() -> str:
     """The architecture name distributions use for this machine (x86_64, aarch64, ...)."""
@@ -56,38 +52,8 @@ def load_recipe_file(
 
 
 def read_recipe_text(path: Path) -> str:
-    """A recipe file's text: a regular file of at most RECIPE_MAX bytes of UTF-8.
-
-    Opened non-blocking, so a FIFO is refused instead of hanging; ``/dev/zero`` or a directory
-    is refused by its type before a byte is read. (The one bounded reader for every file the
-    user names is coming to ``imagekit.core``; this becomes a call to it.)
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            raise RecipeError(f"recipe file {path} does not exist") from None
-        raise RecipeError(f"cannot read recipe {path}: {exc.strerror}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise RecipeError(f"recipe file {path} is a directory; name the .toml file")
-        if not stat.S_ISREG(mode):
-            raise RecipeError(
-                f"recipe file {path} is not a regular file (a device, pipe or socket)"
-            )
-        os.set_blocking(fd, True)
-        stream = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with stream:
-        try:
-            data = stream.read(RECIPE_MAX + 1)
-        except OSError as exc:
-            raise RecipeError(f"cannot read recipe {path}: {exc.strerror}") from None
-    if len(data) > RECIPE_MAX:
-        raise RecipeError(f"recipe file {path} is larger than {RECIPE_MAX} bytes: not a recipe")
+    """A recipe file's text: a regular file (not a directory, device or FIFO) of UTF-8, capped."""
+    data = read_capped(path, TEXT_MAX, "recipe file")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
