@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import KEYS, REAL, REPO, Upstream, make_qcow2
+from tests.reliability import figures
 
 FILENAME = "Test-Cloud-Base-Generic-1-1.2.x86_64.qcow2"
 F44_KEY = KEYS / "RPM-GPG-KEY-fedora-44-primary"
@@ -151,16 +152,16 @@ def one_line(done: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
-def test_sigint_during_a_pull_says_interrupted(
-    as_json: bool, upstream: Upstream, tmp_path: Path
+def test_sigint_during_a_json_pull_says_interrupted_in_json_too(
+    upstream: Upstream, tmp_path: Path
 ) -> None:
+    """The text form (one line, exit 130, nothing on stdout) is tests/test_exit_codes.py's."""
     store = tmp_path / "store"
     upstream.publish(FILENAME, make_qcow2(tmp_path / "big.qcow2", size=8 << 20, seed=130))
     upstream.server.throttle(f"/pub/{FILENAME}", 64 << 10)  # two minutes for the whole file
     args = ["pull", str(upstream.recipe(FILENAME)), "--store", str(store)]
     child = subprocess.Popen(
-        [sys.executable, "-m", "imagekit", *args, *(["--json"] if as_json else [])],
+        [sys.executable, "-m", "imagekit", *args, "--json"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -177,10 +178,8 @@ def test_sigint_during_a_pull_says_interrupted(
 
     assert child.returncode == 130
     assert err.splitlines() == ["imagekit: interrupted"]
-    if as_json:
-        assert json.loads(out) == {"error": "interrupted", "exit_code": 130}
-    else:
-        assert out == ""
+    assert json.loads(out) == {"error": "interrupted", "exit_code": 130}
+    figures.add("cli: failures of --json commands printed as JSON")
 
 
 @pytest.mark.parametrize(
@@ -211,6 +210,7 @@ def test_usage_errors_are_one_imagekit_line_with_exit_2(args: list[str]) -> None
     line = one_line(done)
     assert line.startswith("imagekit: error: ") and "--help" in line, line
     assert "\u256d" not in done.stderr and "Traceback" not in done.stderr  # no boxed panel
+    figures.add("cli: usage errors in one line, exit 2")
 
 
 def test_json_commands_print_json_on_failure_too(tmp_path: Path) -> None:
@@ -232,6 +232,7 @@ def test_json_commands_print_json_on_failure_too(tmp_path: Path) -> None:
     }
     assert "'--name'" in json.loads(usage.stdout)["error"]
     assert text.returncode == 6 and text.stdout == ""  # JSON only when asked for
+    figures.add("cli: failures of --json commands printed as JSON", 2)
 
 
 def test_customize_flags_take_an_explicit_true_or_false() -> None:
@@ -266,3 +267,4 @@ def test_customize_flag_values_are_checked_before_the_store_is_opened(
 
     assert done.returncode == 2
     assert message in one_line(done)
+    figures.add("cli: customize flag values refused before the store opens")

@@ -20,6 +20,7 @@ import pytest
 
 from imagekit.store import Store
 from tests.conftest import REPO, make_qcow2
+from tests.reliability import figures
 
 DEV_ZERO = Path("/dev/zero")
 DEV_NULL = Path("/dev/null")
@@ -138,6 +139,7 @@ def test_a_bad_path_is_one_error_line_with_its_exit_code(
 
     assert_one_error_line(done, command.codes[kind], path)
     assert DEV_NULL.is_char_device() and DEV_ZERO.is_char_device()
+    figures.add("paths: bad path arguments refused in one line")
 
 
 def test_a_missing_recipe_directory_is_skipped(tmp_path: Path) -> None:
@@ -178,6 +180,7 @@ def test_broken_files_in_a_recipe_directory_are_listed_with_their_errors(tmp_pat
         assert " error: " in rows[stem] and message in rows[stem], rows[stem]
         line = assert_one_error_line(pulls[stem], 2, recipes / f"{stem}.toml")
         assert message in line
+        figures.add("paths: broken recipe files listed and refused in one line")
 
 
 @pytest.mark.parametrize(
@@ -206,6 +209,7 @@ def test_import_takes_raw_only_when_told_and_names_the_users_file(
     line = assert_one_error_line(done, code, mine)
     assert message in line and str(store) not in line
     assert not (store / "index.json").exists() or "mine" not in (store / "index.json").read_text()
+    figures.add("import: files that are not disk images refused, naming the user's file")
 
 
 def test_a_raw_disk_is_imported_with_format_raw(tmp_path: Path) -> None:
