@@ -58,17 +58,14 @@ def open_store(path: Path | None) -> imagekit.Store:
     return imagekit.open_store(path)
 
 
-def load_target(target: str, arch: str | None = None) -> imagekit.Recipe:
-    """The recipe TARGET names; a note on stderr when it hides another recipe of its name."""
-    from imagekit.recipe import shadowed_recipe
+def note_shadowing(target: str) -> None:
+    """One line on stderr when TARGET names a recipe that hides another of its name."""
+    from imagekit.recipe import shadowing
 
-    recipe = imagekit.load_recipe(target, arch=arch)
-    hidden = shadowed_recipe(recipe)
-    if hidden is not None:
-        typer.echo(
-            f"imagekit: note: recipe {recipe.name} is {recipe.path}, shadowing {hidden}", err=True
-        )
-    return recipe
+    found = shadowing(target)
+    if found is not None:
+        note = f"recipe {found.name} is {found.path}, shadowing {found.shadows}"
+        typer.echo(f"imagekit: note: {note}", err=True)
 
 
 def emit_json(obj: Any) -> None:

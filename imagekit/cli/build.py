@@ -11,7 +11,7 @@ from imagekit.cli.app import (
     StoreOption,
     app,
     emit_json,
-    load_target,
+    note_shadowing,
     open_store,
     progress_display,
 )
@@ -32,9 +32,10 @@ def build(
     as_json: JsonOption = False,
 ) -> None:
     """Build a recipe: its base, then one cached qcow2 layer per customize step."""
+    note_shadowing(target)
     with progress_display(not as_json) as progress:
         result = open_store(store).build(
-            load_target(target),
+            target,
             tag=tag,
             mirror=mirror,
             use_cache=not no_cache,

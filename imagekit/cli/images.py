@@ -16,7 +16,7 @@ from imagekit.cli.app import (
     app,
     emit_json,
     human_size,
-    load_target,
+    note_shadowing,
     open_store,
     progress_display,
 )
@@ -62,9 +62,11 @@ def pull(
     as_json: JsonOption = False,
 ) -> None:
     """Fetch an image, prove it genuine, and store it."""
+    note_shadowing(target)
     with progress_display(not as_json) as progress:
         image = open_store(store).pull(
-            load_target(target, arch),
+            target,
+            arch=arch,
             mirror=mirror,
             tag=tag,
             refresh=refresh,

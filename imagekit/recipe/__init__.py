@@ -17,7 +17,7 @@ from imagekit.recipe.find import (
     load_recipe,
     recipe_dirs,
     recipe_summaries,
-    shadowed_recipe,
+    shadowing,
 )
 from imagekit.recipe.load import host_arch, load_recipe_file, load_recipe_string
 from imagekit.recipe.model import (
@@ -78,6 +78,6 @@ __all__ = [
     "recipe_json_schema",
     "recipe_reference",
     "recipe_summaries",
-    "shadowed_recipe",
+    "shadowing",
     "version_key",
 ]

@@ -118,14 +118,31 @@ def load_recipe(
     if "@sha256:" in text_target:
         text_target, _, digest = text_target.rpartition("@")
         pin = validate_digest(digest)
-    path = Path(text_target)
-    if text_target.endswith(RECIPE_SUFFIX) or os.sep in text_target or path.is_file():
-        return load_recipe_file(path, version=version, arch=arch, pin=pin)
-    name, _, tagged_version = text_target.partition(":")
-    found = find_recipe(name)
+    name = _recipe_name(text_target)
+    if name is None:
+        return load_recipe_file(Path(text_target), version=version, arch=arch, pin=pin)
+    tagged_version = text_target.partition(":")[2]
     return load_recipe_file(
-        found.path, version=version or tagged_version or None, arch=arch, pin=pin
+        find_recipe(name).path, version=version or tagged_version or None, arch=arch, pin=pin
     )
+
+
+def shadowing(target: str) -> RecipeFile | None:
+    """The recipe a TARGET names when it hides another of its name (a user recipe over a
+    bundled one); None for a file path, an unknown name or a recipe that hides nothing."""
+    name = _recipe_name(target.rpartition("@sha256:")[0] or target)
+    try:
+        found = find_recipe(name) if name is not None else None
+    except RecipeError:
+        return None  # loading the target says what is wrong
+    return found if found is not None and found.shadows is not None else None
+
+
+def _recipe_name(target: str) -> str | None:
+    """The recipe name in ``NAME[:VERSION]``; None when ``target`` is a file path."""
+    if target.endswith(RECIPE_SUFFIX) or os.sep in target or Path(target).is_file():
+        return None
+    return target.partition(":")[0]
 
 
 def load_base(source: RecipeSource) -> Recipe:
@@ -162,12 +179,6 @@ def describe(recipe: Recipe) -> dict[str, Any]:
             info["versions"] = sorted(source.resolve.releases, key=version_key)
             info["arches"] = sorted(source.resolve.arches) or [recipe.arch]
     return info
-
-
-def shadowed_recipe(recipe: Recipe) -> Path | None:
-    """The file ``recipe`` hides from lookup by name (a user recipe over a bundled one)."""
-    entry = find_recipes().get(recipe.name)
-    return entry.shadows if entry is not None and entry.path == recipe.path else None
 
 
 def recipe_summaries() -> list[dict[str, Any]]:
