@@ -104,11 +104,6 @@ CASES: dict[str, tuple[int, Callable[[Upstream, bytes, Path], Case]]] = {
     "customize-failed": (7, customize_failed),
     "interrupted": (130, interrupted),
 }
-# Until the CLI turns typer's silent exit on SIGINT into its one line (issue 10, "SIGINT during
-# a pull exits 130 silently"): strict, so the fix makes this fail until the mark goes.
-SILENT_SIGINT = pytest.mark.xfail(
-    strict=True, reason="typer exits 130 on SIGINT without imagekit's 'interrupted' line"
-)
 
 
 def run(case: Case) -> subprocess.CompletedProcess[str]:
@@ -131,10 +126,7 @@ def run(case: Case) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(child.args, child.returncode, out, err)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=SILENT_SIGINT) if n == "interrupted" else n for n in CASES],
-)
+@pytest.mark.parametrize("name", CASES)
 def test_each_error_class_exits_with_its_code_and_one_line(
     name: str, upstream: Upstream, image_bytes: bytes, tmp_path: Path
 ) -> None:

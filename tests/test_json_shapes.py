@@ -191,7 +191,7 @@ def test_verify(
 
 
 RECIPE = {"name", "description", "version", "kind", "path", "level", "resolver"}
-RECIPE |= {"versions", "arches"}
+RECIPE |= {"versions", "arches", "shadows"}
 
 
 def test_recipes() -> None:
@@ -207,6 +207,7 @@ def test_recipes() -> None:
         assert row["resolver"] is None or isinstance(row["resolver"], str)
         assert row["versions"] and all(isinstance(v, str) for v in row["versions"])
         assert row["arches"] and all(isinstance(a, str) for a in row["arches"])
+        assert row["shadows"] is None or Path(row["shadows"]).is_file()
     assert "fedora-cloud" in {row["name"] for row in rows}
 
 

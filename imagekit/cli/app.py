@@ -12,14 +12,35 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
+from typer.core import TyperGroup
 
 import imagekit
 from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
 
+# click's base exception (usage errors and the like). typer vendors click from 0.26 on, so it is
+# reached through a public typer name, whichever click that is: BadParameter -> UsageError ->
+# ClickException.
+ClickError = cast(type[typer.BadParameter], typer.BadParameter.__mro__[2])
+
+
+class Interrupted(Exception):
+    """SIGINT reached a command. typer turns KeyboardInterrupt into a silent exit 130, so the
+    commands raise this instead and ``main`` prints the documented line."""
+
+
+class _Commands(TyperGroup):
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     help="Fetch, verify, customize and store virtual-machine disk images.",
     no_args_is_help=True,
     add_completion=False,
@@ -35,6 +56,16 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable
 
 def open_store(path: Path | None) -> imagekit.Store:
     return imagekit.open_store(path)
+
+
+def note_shadowing(target: str) -> None:
+    """One line on stderr when TARGET names a recipe that hides another of its name."""
+    from imagekit.recipe import shadowing
+
+    found = shadowing(target)
+    if found is not None:
+        note = f"recipe {found.name} is {found.path}, shadowing {found.shadows}"
+        typer.echo(f"imagekit: note: {note}", err=True)
 
 
 def emit_json(obj: Any) -> None:

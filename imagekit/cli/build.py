@@ -11,6 +11,7 @@ from imagekit.cli.app import (
     StoreOption,
     app,
     emit_json,
+    note_shadowing,
     open_store,
     progress_display,
 )
@@ -31,6 +32,7 @@ def build(
     as_json: JsonOption = False,
 ) -> None:
     """Build a recipe: its base, then one cached qcow2 layer per customize step."""
+    note_shadowing(target)
     with progress_display(not as_json) as progress:
         result = open_store(store).build(
             target,
@@ -73,7 +75,7 @@ def _step_from_arguments(args: list[str]) -> dict[str, object]:
         if spec is None:
             raise RecipeError(f"unknown option {word!r}; operations: {', '.join(sorted(by_flag))}")
         if spec.kind is ArgKind.FLAG:
-            table[spec.name] = True
+            table[spec.name] = _flag_value(flag, inline) if has_value else True
             continue
         value = inline if has_value else next(words, None)
         if value is None:
@@ -83,11 +85,23 @@ def _step_from_arguments(args: list[str]) -> dict[str, object]:
         else:
             repeated.setdefault(spec.name, []).append(value)
     table.update(repeated)
-    if not table:
+    if not any(value is not False for value in table.values()):
         raise RecipeError(
             "give at least one operation, e.g. --hostname NAME (see docs/customize.md)"
         )
     return table
+
+
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+
+def _flag_value(flag: str, text: str) -> bool:
+    """``--network=no``: a flag's explicit value, which must say true or false."""
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise RecipeError(f"{flag}={text!r}: give {flag} alone, or {flag}=true|yes|1 or =false|no|0")
 
 
 def _print_build(result: Any, as_json: bool) -> None:

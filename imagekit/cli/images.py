@@ -16,6 +16,7 @@ from imagekit.cli.app import (
     app,
     emit_json,
     human_size,
+    note_shadowing,
     open_store,
     progress_display,
 )
@@ -61,6 +62,7 @@ def pull(
     as_json: JsonOption = False,
 ) -> None:
     """Fetch an image, prove it genuine, and store it."""
+    note_shadowing(target)
     with progress_display(not as_json) as progress:
         image = open_store(store).pull(
             target,

@@ -40,8 +40,10 @@ def recipes(as_json: JsonOption = False, schema: SchemaOption = False) -> None:
         if len(listed) > 3 and all(v.isdigit() for v in listed):  # one key per release: 40-47
             listed = [f"{listed[0]}-{listed[-1]}"]
         versions = " ".join([*listed, *(["latest"] if row["resolver"] else [])])
+        shadows = f" (shadows {row['shadows']})" if row["shadows"] else ""
         typer.echo(
             f"{row['name']:<{width}} {row['level'] or '-':<18} {versions:<19} {row['description']}"
+            + shadows
         )
 
 

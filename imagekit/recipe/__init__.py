@@ -7,13 +7,17 @@
 from imagekit.recipe.find import (
     BUNDLED_RECIPES,
     RECIPE_SUFFIX,
+    RecipeFile,
     bundled_recipes,
     describe,
+    find_recipe,
+    find_recipes,
     load_base,
     load_installer,
     load_recipe,
     recipe_dirs,
     recipe_summaries,
+    shadowing,
 )
 from imagekit.recipe.load import host_arch, load_recipe_file, load_recipe_string
 from imagekit.recipe.model import (
@@ -53,6 +57,7 @@ __all__ = [
     "KeyPin",
     "KickstartSource",
     "Recipe",
+    "RecipeFile",
     "RecipeSource",
     "ResolveSpec",
     "ScratchSource",
@@ -60,6 +65,8 @@ __all__ = [
     "bundled_recipes",
     "describe",
     "fill_pattern",
+    "find_recipe",
+    "find_recipes",
     "host_arch",
     "load_base",
     "load_installer",
@@ -71,5 +78,6 @@ __all__ = [
     "recipe_json_schema",
     "recipe_reference",
     "recipe_summaries",
+    "shadowing",
     "version_key",
 ]

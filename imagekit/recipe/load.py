@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
+from imagekit.core.capped import TEXT_MAX, read_capped
 from imagekit.core.refs import validate_name
 from imagekit.errors import RecipeError
 from imagekit.guest.tarball import tarball_compression
@@ -33,7 +34,7 @@ from imagekit.recipe.model import (
 )
 from imagekit.recipe.schema import FILESYSTEM_LABEL_MAX, RECIPE
 from imagekit.recipe.table import Values, read_table
-from imagekit.recipe.templates import expand
+from imagekit.recipe.templates import expand, version_key
 
 
 def host_arch() -> str:
@@ -45,13 +46,18 @@ def host_arch() -> str:
 def load_recipe_file(
     path: Path, *, version: str | None = None, arch: str | None = None, pin: str | None = None
 ) -> Recipe:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"cannot read recipe {path}: {exc}") from exc
     return load_recipe_string(
-        text, base_dir=path.parent, path=path, version=version, arch=arch, pin=pin
+        read_recipe_text(path), base_dir=path.parent, path=path, version=version, arch=arch, pin=pin
     )
+
+
+def read_recipe_text(path: Path) -> str:
+    """A recipe file's text: a regular file (not a directory, device or FIFO) of UTF-8, capped."""
+    data = read_capped(path, TEXT_MAX, "recipe file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"recipe file {path} is not UTF-8 text: {exc}") from None
 
 
 def load_recipe_string(
@@ -78,6 +84,7 @@ def load_recipe_string(
             raise RecipeError(f"{where}: invalid {key} {value!r}")
     values = {"name": name, "version": recipe_version, "arch": recipe_arch}
     source = _source(top["source"], top["resolve"], values, base_dir or Path.cwd(), where)
+    _check_offered(name, recipe_version, offered_versions(top["version"], source), where)
     if pin:
         if not isinstance(source, HttpSource):
             raise RecipeError(f"{where}: a @sha256 pin applies to downloaded images only")
@@ -93,6 +100,26 @@ def load_recipe_string(
         customize=top["customize"],
         pin=pin or "",
     )
+
+
+def offered_versions(version: str, source: Source) -> list[str] | None:
+    """The versions a recipe can be asked for; None when upstream metadata alone knows them.
+
+    A recipe without ``[resolve]`` offers its one ``version``; a resolving one its releases and
+    ``latest``.
+    """
+    if not isinstance(source, HttpSource) or source.resolve is None:
+        return [version]
+    releases = source.resolve.releases
+    return [*sorted(releases, key=version_key), "latest"] if releases else None
+
+
+def _check_offered(name: str, version: str, offered: list[str] | None, where: str) -> None:
+    """Refuse a version the recipe does not offer, before anything is asked of upstream."""
+    if offered is not None and version not in offered:
+        raise RecipeError(
+            f"{where}: {name} has no version {version!r}; known versions: {', '.join(offered)}"
+        )
 
 
 def _source(

@@ -109,7 +109,11 @@ class Context:
         return match
 
     def pick_release(self, available: Iterable[str]) -> str:
-        """The requested release, or the newest for ``latest``, among those both sides know."""
+        """The requested release, or the newest for ``latest``, among those both sides know.
+
+        A release the recipe does not list never gets here (the loader refuses it before any
+        request); only a recipe that lists none learns its versions from upstream.
+        """
         known = self.spec.releases
         present = sorted({r for r in available if not known or r in known}, key=version_key)
         wanted, name = self.recipe.version, self.recipe.name

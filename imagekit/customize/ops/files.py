@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -52,10 +53,17 @@ def _check_link(value: str) -> None:
         check_guest_path(link)
 
 
-def _existing(path: Path, op: str) -> Path:
-    if not path.exists():
-        raise RecipeError(f"{op}: the local path {path} does not exist")
-    return path
+def _existing(path: Path, op: str, *, tree: bool = False) -> Path:
+    """A local input read whole: a regular file, or for copy_in (``tree``) a directory or link."""
+    try:
+        mode = path.stat().st_mode  # follows links: a dangling one does not exist
+    except OSError:
+        raise RecipeError(f"{op}: the local path {path} does not exist") from None
+    if stat.S_ISREG(mode) or (tree and (stat.S_ISDIR(mode) or path.is_symlink())):
+        return path
+    if stat.S_ISDIR(mode):
+        raise RecipeError(f"{op}: the local path {path} is a directory; copy_in takes a tree")
+    raise RecipeError(f"{op}: the local path {path} is not a regular file (a device or pipe)")
 
 
 def _mode(path: Path) -> str:
@@ -76,7 +84,7 @@ def _upload_canon(value: str, base_dir: Path) -> object:
 def _copy_in_canon(value: str, base_dir: Path) -> object:
     """What lands in DEST: an entry named after the local path, a link, or a file/tree and mode."""
     local, dest = value.split(":", 1)
-    path = _existing(local_path(local, base_dir), "copy_in")
+    path = _existing(local_path(local, base_dir), "copy_in", tree=True)
     if path.is_symlink():  # tar keeps it a link
         return {"name": path.name, "link": os.readlink(path), "dest": dest}
     return {"name": path.name, "tree": tree_digest(path), "mode": _mode(path), "dest": dest}
@@ -95,7 +103,7 @@ def _apply_upload(ctx: Context, value: str) -> None:
 
 def _apply_copy_in(ctx: Context, value: str) -> None:
     local, dest = value.split(":", 1)
-    path = _existing(ctx.local(local), "copy_in")
+    path = _existing(ctx.local(local), "copy_in", tree=True)
     if not ctx.g.is_dir(dest):
         raise CustomizeError(f"copy_in: the guest has no directory {dest}; create it with mkdir")
     with tempfile.TemporaryDirectory(prefix="imagekit-copy-in-") as tmp:
