@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 ARTIFACT_TYPE = "application/vnd.imagekit.image.v1"
@@ -31,6 +33,27 @@ IDENTITY_ANNOTATION = "org.imagekit.recipe.digest"
 SOURCE_URL_ANNOTATION = "org.imagekit.source.url"
 SOURCE_FILENAME_ANNOTATION = "org.imagekit.source.filename"
 SOURCE_DIGEST_ANNOTATION = "org.imagekit.source.digest"
+
+# cosign's key-based signatures (docs/signing.md): a manifest at tag ``sha256-<hex>.sig`` whose
+# config is an OCI image config and whose layers are simple-signing payloads, each signed in an
+# annotation. A registry without the referrers API (Debian's registry 2.8) holds them as tags.
+MEDIA_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
+COSIGN_SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
+# The fingerprint of the key a signature says made it: a hint for error messages, never trusted.
+SIGNER_ANNOTATION = "org.imagekit.signature.key"
+_SIGNATURE_TAG = re.compile(r"sha256-([0-9a-f]{64})\.sig")
+
+
+def signature_tag(digest: str) -> str:
+    """The tag cosign stores the signatures of manifest ``digest`` under: ``sha256-<hex>.sig``."""
+    return digest.replace(":", "-", 1) + ".sig"
+
+
+def signed_digest(tag: str) -> str | None:
+    """The manifest digest a signature tag names (the inverse of :func:`signature_tag`)."""
+    found = _SIGNATURE_TAG.fullmatch(tag)
+    return f"sha256:{found[1]}" if found else None
 
 
 # What a registry client asks for and accepts when it reads a manifest (an index: multi-arch).
