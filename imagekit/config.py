@@ -3,7 +3,9 @@
 Precedence: a command-line flag or API argument, then the environment (``IMAGEKIT_HOME``,
 ``IMAGEKIT_MIRROR``), then the first config file found (``$XDG_CONFIG_HOME/imagekit/config.toml``,
 ``/etc/imagekit/config.toml``). An invalid value anywhere is an error naming it, never a
-silent default. Nothing here decides which keys are trusted: trust is passed in by the caller.
+silent default. Nothing here decides which keys are trusted: trust is passed in by the caller,
+and the config file's ``[trust]`` (keys whose signatures count, pull targets that must be signed)
+is read here only for :func:`imagekit.open_store` to pass in; no environment variable changes it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ MIRROR_ENV = "IMAGEKIT_MIRROR"
 RECIPES_ENV = "IMAGEKIT_RECIPES"
 ACCEL_ENV = "IMAGEKIT_ACCEL"
 ACCELS = ("auto", "kvm", "tcg")
+# The passphrase of signing keys (key generate, sign): set, even empty, it is never asked for.
+KEY_PASSPHRASE_ENV = "IMAGEKIT_KEY_PASSPHRASE"
 _MIRROR_SCHEMES = ("http://", "https://", "file://")
 # A config file is a few lines of TOML; config sits below core, so core.capped cannot be used.
 _CONFIG_MAX = 1 << 20
@@ -34,6 +38,8 @@ class Settings:
     store: Path | None = None
     mirror: str | None = None
     group: str | None = None  # the group that may read the store (None: its owner alone)
+    trust_keys: tuple[Path, ...] = ()  # [trust] keys: public keys whose signatures count
+    trust_require: tuple[str, ...] = ()  # [trust] require: pull targets (globs) to be signed
 
 
 def _config_home() -> Path:
@@ -84,30 +90,67 @@ def _group(value: str | None, path: Path) -> str | None:
     return value
 
 
+def _strings(table: dict[str, Any], key: str, where: str) -> list[str]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise RecipeError(f"{where}: {key} must be a list of non-empty strings, not {value!r}")
+    return value
+
+
+def _trust(data: dict[str, Any], path: Path) -> tuple[tuple[Path, ...], tuple[str, ...]]:
+    """``[trust]``: key files that exist (relative ones beside the config file) and globs of
+    ``oci://`` pull targets; a glob without the scheme would never match, so it is refused."""
+    table = data.get("trust", {})
+    where = f"{path} [trust]"
+    if not isinstance(table, dict):
+        raise RecipeError(f"{path}: trust must be a table ([trust]), not {table!r}")
+    unknown = sorted(set(table) - {"keys", "require"})
+    if unknown:
+        raise RecipeError(f"{where}: unknown setting(s) {', '.join(unknown)}; use keys, require")
+    keys = tuple(path.parent / Path(k).expanduser() for k in _strings(table, "keys", where))
+    for key in keys:
+        if not key.is_file():
+            raise RecipeError(f"{where}: key file {key} does not exist; fix the path or remove it")
+    require = tuple(_strings(table, "require", where))
+    for pattern in require:
+        if pattern != "*" and not pattern.startswith("oci://"):
+            raise RecipeError(
+                f"{where}: require {pattern!r} must be an oci://HOST/REPO glob "
+                '(e.g. "oci://registry.lan/prod/*") or "*"'
+            )
+    if require and not keys:
+        raise RecipeError(f"{where}: require needs keys: list the public keys that may sign")
+    return keys, require
+
+
 def load_settings() -> Settings:
     """Settings from the environment over the first config file that exists."""
     store: Path | None = None
     mirror: str | None = None
     group: str | None = None
+    trust: tuple[tuple[Path, ...], tuple[str, ...]] = ((), ())
     for path in config_files():
         if path.is_file():
             try:
                 data = tomllib.loads(_read_config(path).decode("utf-8"))
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
                 raise RecipeError(f"cannot read config file {path}: {exc}") from exc
-            unknown = sorted(set(data) - {"store", "mirror", "group"})
+            unknown = sorted(set(data) - {"store", "mirror", "group", "trust"})
             if unknown:
                 raise RecipeError(f"{path}: unknown setting(s) {', '.join(unknown)}")
             text = _string(data, "store", path)
             store = Path(text).expanduser() if text else None
             mirror = _mirror(_string(data, "mirror", path), str(path))
             group = _group(_string(data, "group", path), path)
+            trust = _trust(data, path)
             break
     if os.environ.get(HOME_ENV):
         store = Path(os.environ[HOME_ENV]).expanduser()
     if os.environ.get(MIRROR_ENV):
         mirror = _mirror(os.environ[MIRROR_ENV], MIRROR_ENV)
-    return Settings(store=store, mirror=mirror, group=group)
+    return Settings(
+        store=store, mirror=mirror, group=group, trust_keys=trust[0], trust_require=trust[1]
+    )
 
 
 def default_store() -> Path:
@@ -143,6 +186,11 @@ def host_cache_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/var/cache/imagekit")
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imagekit"
+
+
+def key_passphrase() -> str | None:
+    """$IMAGEKIT_KEY_PASSPHRASE when set (an empty value means an unencrypted key), else None."""
+    return os.environ.get(KEY_PASSPHRASE_ENV)
 
 
 def supermin_kernel() -> Path | None:
