@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 from imagekit import config
 from imagekit.core.refs import parse_ref
-from imagekit.errors import RecipeError
+from imagekit.errors import RecipeError, StoreError
 from imagekit.image import Image
 from imagekit.oci import gc, roots
 from imagekit.oci.layout import Descriptor, Layout
-from imagekit.oci.media import REF_ANNOTATION
+from imagekit.oci.media import REF_ANNOTATION, signed_digest
 from imagekit.progress import ProgressCallback, ignore_progress
 from imagekit.recipe import Recipe, load_recipe
+from imagekit.verify.trust import TrustPolicy
 
 # The workflows load their stages on first use: `imagekit --help` and a cache-hit pull must not
 # pay for the appliance, installer and download code (benchmarks/pull.py holds the start-up time).
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from imagekit.net.transport import Transport
     from imagekit.oci.transfer import PushReport
     from imagekit.sources import http, registry
+    from imagekit.verify.keys import KeyFiles, PrivateKey
+    from imagekit.verify.stored import Signature
 
 GcReport = gc.GcReport
 FsckReport = gc.FsckReport
@@ -40,12 +43,22 @@ class Store(Layout):
     """A store rooted at ``root``; creating one creates the layout if it is missing.
 
     ``mirror`` is used by pulls and builds that name none (the config file's ``mirror``);
-    ``group`` is the group that may read what it writes (None: owner-only; see oci.access).
+    ``group`` is the group that may read what it writes (None: owner-only; see oci.access);
+    ``trust`` says whose signatures count and which pulls need one (config.toml's ``[trust]``
+    through :func:`open_store`; default: no trusted keys, nothing required).
     """
 
-    def __init__(self, root: Path, *, mirror: str | None = None, group: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        mirror: str | None = None,
+        group: str | None = None,
+        trust: TrustPolicy | None = None,
+    ) -> None:
         super().__init__(root, group=group)
         self.mirror = mirror
+        self.trust = trust or TrustPolicy()
 
     @classmethod
     def default(cls) -> Store:
@@ -172,17 +185,24 @@ class Store(Layout):
         use_cache: bool = True,
         progress: ProgressCallback | None = None,
         transport: Transport | None = None,
+        sign_key: Path | None = None,
         **network: Unpack[http.NetworkOptions],
     ) -> BuildResult:
         """Build a recipe: its base, then one cached qcow2 layer per customize step.
 
-        ``network`` is as for :meth:`pull` (the base's download, an installer ISO).
+        ``network`` is as for :meth:`pull` (the base's download, an installer ISO). With
+        ``sign_key`` the tagged result is signed (:meth:`sign`); the key is opened first, so a
+        wrong passphrase fails before the build, not after it.
         """
         from imagekit.build import Builder, build
 
+        key = self._signing_key(sign_key, None) if sign_key is not None else None
         loaded = load_recipe(recipe) if isinstance(recipe, str) else recipe
         builder = Builder(self._session(progress, network, transport), use_cache)
-        return build(builder, loaded, tag=tag)
+        result = build(builder, loaded, tag=tag)
+        if key is not None:
+            self._sign_with(result.image.ref or result.image.digest, key, None, result.image.digest)
+        return result
 
     def customize(
         self,
@@ -247,7 +267,64 @@ class Store(Layout):
 
     def images(self) -> list[Image]:
         """Every tagged image, sorted by ref."""
-        return [Image.from_descriptor(self, descriptor) for _, descriptor in self.refs()]
+        return [
+            Image.from_descriptor(self, descriptor)
+            for ref, descriptor in self.refs()
+            if signed_digest(ref.partition(":")[2]) is None  # a signature is not an image
+        ]
+
+    def sign(
+        self,
+        ref: str,
+        key_path: Path,
+        *,
+        reference: str | None = None,
+        passphrase: str | None = None,
+    ) -> Signature:
+        """Sign a stored image with an EC P-256 PEM key, cosign's way (docs/signing.md).
+
+        The signature is stored beside the image, tagged ``NAME:sha256-<hex>.sig``, so push and
+        pull carry it. ``reference`` (default: the image's name) is the payload's
+        docker-reference: give the registry repository (``registry.lan/prod/web``) when podman
+        hosts will check it. An encrypted key is opened with ``passphrase``, else
+        $IMAGEKIT_KEY_PASSPHRASE, else a prompt on the terminal.
+        """
+        return self._sign_with(ref, self._signing_key(Path(key_path), passphrase), reference)
+
+    def signatures(self, ref: str) -> list[Signature]:
+        """The stored signatures of an image, each checked against this store's trusted keys."""
+        from imagekit.verify import stored
+
+        return stored.signatures(self, self.resolve(ref).digest, self.trust)
+
+    @staticmethod
+    def generate_key(prefix: Path, *, passphrase: str | None = None) -> KeyFiles:
+        """Write a new signing key pair, ``PREFIX.key`` (PKCS#8 PEM, 0600; encrypted unless the
+        passphrase is empty) and ``PREFIX.pub``; the passphrase as for :meth:`sign`."""
+        from imagekit.verify import keys
+
+        return keys.generate(Path(prefix), passphrase)
+
+    @staticmethod
+    def _signing_key(path: Path, passphrase: str | None) -> PrivateKey:
+        from imagekit.verify import keys
+
+        return keys.load_private_key(path, passphrase)
+
+    def _sign_with(
+        self, ref: str, key: PrivateKey, reference: str | None, digest: str | None = None
+    ) -> Signature:
+        """Sign what ``ref`` names; with ``digest``, only if it still names that manifest."""
+        from imagekit.verify import stored
+
+        with self.shared_lock():
+            descriptor = self.resolve(ref)
+            if digest is not None and descriptor.digest != digest:
+                raise StoreError(
+                    f"{ref} was re-tagged to {descriptor.digest} meanwhile, so {digest} was not "
+                    f"signed: check which image it should name, then `imagekit sign {ref}`"
+                )
+            return stored.sign(self, descriptor, key, reference)
 
     def remove(self, ref: str) -> Descriptor:
         """Untag ``ref``; its blobs are freed by the next gc unless another ref or a root
@@ -322,8 +399,9 @@ def open_store(path: str | Path | None = None) -> Store:
     """The store at ``path``, else ``IMAGEKIT_HOME`` or the config file's, else the default.
 
     The config file's (or ``IMAGEKIT_MIRROR``'s) mirror becomes the store's default mirror, and
-    its ``group`` the group that may read the store.
+    its ``group`` the group that may read the store, its ``[trust]`` the store's trust policy.
     """
     settings = config.load_settings()
     root = Path(path) if path is not None else settings.store or config.default_store()
-    return Store(root, mirror=settings.mirror, group=settings.group)
+    trust = TrustPolicy(settings.trust_keys, settings.trust_require)
+    return Store(root, mirror=settings.mirror, group=settings.group, trust=trust)

@@ -3,7 +3,8 @@
 gc marks from every ref, every recorded outside user (``roots/``: an ``export --link`` overlay)
 and extra roots, through manifests, overlay parent annotations and the qcow2 backing names qemu
 itself would follow, then sweeps the rest under the exclusive lock, so no pull or build is
-between adding blobs and tagging them. Lock files nobody holds go too.
+between adding blobs and tagging them. Lock files nobody holds go too. A signature's tag
+(``NAME:sha256-<hex>.sig``) is no root of its own: it lives as long as the manifest it signs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from imagekit.disk import qcow2
 from imagekit.errors import StoreError
 from imagekit.oci import roots as outside
 from imagekit.oci.layout import Descriptor, Layout, check_digest, manifest_descriptors, parents
-from imagekit.oci.media import MEDIA_INDEX, MEDIA_MANIFEST, REF_ANNOTATION
+from imagekit.oci.media import MEDIA_INDEX, MEDIA_MANIFEST, REF_ANNOTATION, signed_digest
 
 _MANIFEST_MAX = 4 << 20  # a JSON blob bigger than this is not a manifest worth parsing in gc
 _TEMP_RE = re.compile(r"new-(\d+)-.*", re.DOTALL)
@@ -37,6 +38,7 @@ class GcReport:
 
     ``removed_locks`` are lock files nobody held, relative to the store root;
     ``dropped_roots`` maps each outside path gc stopped keeping blobs for to the reason.
+    ``removed_signatures`` are the signature refs untagged because their image went.
     """
 
     removed_blobs: list[str]
@@ -44,6 +46,7 @@ class GcReport:
     removed_temp: list[str]
     removed_locks: list[str] = field(default_factory=list)
     dropped_roots: dict[str, str] = field(default_factory=dict)
+    removed_signatures: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -74,11 +77,13 @@ def collect(
     ``remove_partial``. Waits for every shared-lock holder (pulls, builds) to finish.
     """
     with layout.exclusive_lock():
-        roots = [d.digest for d in layout.entries()]
+        entries = layout.entries()
+        roots = [d.digest for d in entries if _signed(d) is None]
         roots += [check_digest(r) for r in extra_roots]
         kept, dropped = _outside_roots(layout, dry_run)
         roots += [digest for root in kept for digest in (root.manifest, *root.blobs)]
         marked = _mark(layout, roots)
+        unsigned = _mark_signatures(layout, entries, marked, dry_run)
         removed, freed = [], 0
         for path in sorted(layout.blobs_dir.iterdir()):
             if not _HEX64.fullmatch(path.name) or not path.is_file():
@@ -93,7 +98,7 @@ def collect(
             atomic.fsync_dir(layout.blobs_dir)
         removed_temp, temp_bytes = _sweep_tmp(layout, remove_partial, dry_run)
         locks = _sweep_locks(layout, dry_run)
-    return GcReport(removed, freed + temp_bytes, removed_temp, locks, dropped)
+    return GcReport(removed, freed + temp_bytes, removed_temp, locks, dropped, unsigned)
 
 
 def fsck(layout: Layout) -> FsckReport:
@@ -128,6 +133,30 @@ def _mark(layout: Layout, roots: Iterable[str]) -> set[str]:
             marked.add(digest)
             work.extend(_children(layout, digest))
     return marked
+
+
+def _signed(entry: Descriptor) -> str | None:
+    """The manifest digest a signature entry signs (None: the entry is not a signature)."""
+    return signed_digest(entry.annotations.get(REF_ANNOTATION, "").partition(":")[2])
+
+
+def _mark_signatures(
+    layout: Layout, entries: list[Descriptor], marked: set[str], dry_run: bool
+) -> list[str]:
+    """Mark the signatures of kept manifests; untag the others (unless ``dry_run``)."""
+    dropped = []
+    for entry in entries:
+        subject = _signed(entry)
+        if subject is None:
+            continue
+        if subject in marked:
+            marked |= _mark(layout, [entry.digest])
+            continue
+        ref = entry.annotations[REF_ANNOTATION]
+        dropped.append(ref)
+        if not dry_run:
+            layout.untag(ref)
+    return dropped
 
 
 def _children(layout: Layout, digest: str) -> list[str]:

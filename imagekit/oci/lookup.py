@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from imagekit.core.refs import parse_ref
 from imagekit.errors import RecipeError, RefNotFoundError
 from imagekit.oci.descriptor import Descriptor
-from imagekit.oci.media import MEDIA_MANIFEST, REF_ANNOTATION
+from imagekit.oci.media import MEDIA_MANIFEST, REF_ANNOTATION, signed_digest
 
 _HEX_PREFIX = re.compile(r"[0-9a-f]{12,64}")
 
@@ -53,7 +53,10 @@ def resolve(index: Index, text: str) -> Descriptor:
         if str(ref) in refs:
             return refs[str(ref)]
         raise not_found(index, str(ref))
-    same_name = [r for r in refs if r.partition(":")[0] == ref.name]
+    # A bare name means the image's tag: its signature tags (NAME:sha256-<hex>.sig) do not count.
+    same_name = [
+        r for r in refs if r.partition(":")[0] == ref.name and not signed_digest(r.split(":")[1])
+    ]
     if len(same_name) == 1:
         return refs[same_name[0]]
     if str(ref) in refs:
