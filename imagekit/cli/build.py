@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -29,6 +30,9 @@ def build(
         str | None, typer.Option(help="Mirror for downloaded bases (default as for pull).")
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Rebuild every layer.")] = False,
+    sign_key: Annotated[
+        Path | None, typer.Option("--sign-key", help="Sign the result with this PEM key.")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Build a recipe: its base, then one cached qcow2 layer per customize step."""
@@ -40,6 +44,7 @@ def build(
             mirror=mirror,
             use_cache=not no_cache,
             progress=progress,
+            sign_key=sign_key,
         )
     _print_build(result, as_json)
 

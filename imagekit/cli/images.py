@@ -143,11 +143,13 @@ def inspect(
     opened = open_store(store)
     image = opened.image(ref)
     used_by = _roots_by_image(opened)[image.digest]
+    signatures = opened.signatures(image.digest)
     record = {
         **image.summary(),
         "manifest": image.manifest,
         "provenance": image.provenance,
         "roots": used_by,
+        "signatures": [signature.to_json() for signature in signatures],
     }
     if as_json:
         emit_json(record)
@@ -164,6 +166,12 @@ def inspect(
         + (f" by {verification['signer']}" if verification.get("signer") else ""),
         f"source:       {source.get('url') or source.get('path') or source.get('kind')}",
         f"created:      {config.get('created')}",
+        *[
+            f"signed:       by {s.signer} as {s.reference}"
+            if s.signer
+            else f"signature:    {s.problem}"
+            for s in signatures
+        ],
     ]
     inspection = config.get("inspection")
     if inspection:
