@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 from imagekit import config
 from imagekit.core.refs import parse_ref
-from imagekit.errors import RecipeError, StoreError
+from imagekit.errors import RecipeError
 from imagekit.image import Image
 from imagekit.oci import gc, roots
 from imagekit.oci.layout import Descriptor, Layout
@@ -88,7 +88,7 @@ class Store(Layout):
         progress: ProgressCallback | None = None,
         transport: Transport | None = None,
         insecure: bool = False,
-        verify_signature: registry.SignatureCheck | None = None,
+        trust: TrustPolicy | None = None,
         **network: Unpack[http.NetworkOptions],
     ) -> Image:
         """Fetch, verify and store a recipe's image (a Recipe, a recipe file or NAME[:VERSION]),
@@ -99,8 +99,8 @@ class Store(Layout):
         (key files that replace the recipe's pinned keys; recorded in provenance). ``transport``
         sets retries, timeouts or a requests Session of the caller's. For ``oci://`` pulls,
         ``insecure`` allows plain http to a registry off loopback, ``arch`` picks from a
-        multi-arch index, and ``verify_signature(digest, ref)`` may refuse the manifest before
-        anything is stored.
+        multi-arch index, and ``trust`` (default: the store's) says which pulls must be signed by
+        whom; a refused signature leaves nothing stored. The image's signatures are kept with it.
         """
         from imagekit.oci.reference import SCHEME
 
@@ -113,12 +113,12 @@ class Store(Layout):
                 arch=arch,
                 insecure=insecure,
                 transport=transport,
-                verify_signature=verify_signature,
+                trust=trust or self.trust,
                 options=TransferOptions(progress=progress or ignore_progress),
             )
             return self.pull_registry(recipe, request, network).image
-        if insecure or verify_signature is not None:
-            raise RecipeError("insecure and verify_signature apply to oci:// pulls only")
+        if insecure or trust is not None:
+            raise RecipeError("insecure and trust apply to oci:// pulls only")
         from imagekit.sources import http
 
         loaded = load_recipe(recipe, arch=arch) if isinstance(recipe, str) else recipe
@@ -159,6 +159,7 @@ class Store(Layout):
         from imagekit.oci import transfer
         from imagekit.oci.reference import RegistryRef
         from imagekit.oci.registry import Registry
+        from imagekit.verify import remote as signatures
 
         descriptor = self.resolve(ref)
         parsed = RegistryRef.parse(target)
@@ -175,7 +176,9 @@ class Store(Layout):
             chunk_size=chunk_size or transfer.DEFAULT_CHUNK, progress=progress or ignore_progress
         )
         with self.shared_lock():
-            return transfer.push(self, descriptor.digest, parsed, remote, options)
+            report = transfer.push(self, descriptor.digest, parsed, remote, options)
+            signatures.push_stored(self, remote, parsed.repository, descriptor.digest, options)
+            return report
 
     def build(
         self,
@@ -201,7 +204,10 @@ class Store(Layout):
         builder = Builder(self._session(progress, network, transport), use_cache)
         result = build(builder, loaded, tag=tag)
         if key is not None:
-            self._sign_with(result.image.ref or result.image.digest, key, None, result.image.digest)
+            from imagekit.verify import stored
+
+            ref = result.image.ref or result.image.digest
+            stored.sign_ref(self, ref, key, None, digest=result.image.digest)
         return result
 
     def customize(
@@ -280,16 +286,28 @@ class Store(Layout):
         *,
         reference: str | None = None,
         passphrase: str | None = None,
+        insecure: bool = False,
+        transport: Transport | None = None,
     ) -> Signature:
-        """Sign a stored image with an EC P-256 PEM key, cosign's way (docs/signing.md).
+        """Sign an image with an EC P-256 PEM key, cosign's way (docs/oci.md, Signatures).
 
-        The signature is stored beside the image, tagged ``NAME:sha256-<hex>.sig``, so push and
-        pull carry it. ``reference`` (default: the image's name) is the payload's
-        docker-reference: give the registry repository (``registry.lan/prod/web``) when podman
-        hosts will check it. An encrypted key is opened with ``passphrase``, else
-        $IMAGEKIT_KEY_PASSPHRASE, else a prompt on the terminal.
+        A stored image (NAME[:TAG], digest): the signature is stored beside it, tagged
+        ``NAME:sha256-<hex>.sig``, so push and pull carry it; ``reference`` (default: the
+        image's name) is the payload's docker-reference: give the registry repository
+        (``registry.lan/prod/web``) when podman hosts will check it. An image in a registry
+        (``oci://HOST/REPO:TAG``): the signature goes to the registry, for ``HOST/REPO`` by
+        default. An encrypted key is opened with ``passphrase``, else $IMAGEKIT_KEY_PASSPHRASE,
+        else a prompt on the terminal.
         """
-        return self._sign_with(ref, self._signing_key(Path(key_path), passphrase), reference)
+        key = self._signing_key(Path(key_path), passphrase)
+        if ref.startswith("oci://"):
+            from imagekit.verify import remote
+
+            target = remote.Target(ref, insecure, transport)
+            return remote.sign_target(self, target, key, reference)
+        from imagekit.verify import stored
+
+        return stored.sign_ref(self, ref, key, reference)
 
     def signatures(self, ref: str) -> list[Signature]:
         """The stored signatures of an image, each checked against this store's trusted keys."""
@@ -310,21 +328,6 @@ class Store(Layout):
         from imagekit.verify import keys
 
         return keys.load_private_key(path, passphrase)
-
-    def _sign_with(
-        self, ref: str, key: PrivateKey, reference: str | None, digest: str | None = None
-    ) -> Signature:
-        """Sign what ``ref`` names; with ``digest``, only if it still names that manifest."""
-        from imagekit.verify import stored
-
-        with self.shared_lock():
-            descriptor = self.resolve(ref)
-            if digest is not None and descriptor.digest != digest:
-                raise StoreError(
-                    f"{ref} was re-tagged to {descriptor.digest} meanwhile, so {digest} was not "
-                    f"signed: check which image it should name, then `imagekit sign {ref}`"
-                )
-            return stored.sign(self, descriptor, key, reference)
 
     def remove(self, ref: str) -> Descriptor:
         """Untag ``ref``; its blobs are freed by the next gc unless another ref or a root

@@ -99,8 +99,11 @@ def test_images(pulled: tuple[str, dict[str, Any]], image_bytes: bytes) -> None:
 def test_inspect(pulled: tuple[str, dict[str, Any]], image_bytes: bytes) -> None:
     store, first = pulled
     record = cli_json("inspect", "test-cloud:1", "--store", store)
-    assert set(record) == SUMMARY | {"manifest", "provenance", "roots"}, sorted(record)
+    assert set(record) == SUMMARY | {"manifest", "provenance", "roots", "signatures"}, sorted(
+        record
+    )
     assert record["roots"] == []
+    assert record["signatures"] == []  # nobody signed it
     assert_summary(
         {k: record[k] for k in SUMMARY}, ref="test-cloud:1", data=image_bytes, level="signed"
     )

@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +33,12 @@ from imagekit.oci.media import (
     signature_tag,
     signed_digest,
 )
+from imagekit.oci.registry import Registry
 from imagekit.store import Store, open_store
 from imagekit.verify import cosign, keys
 from imagekit.verify.trust import TrustPolicy
 from tests.conftest import REPO, Upstream, make_qcow2
+from tests.registry import RunningRegistry, running_registry
 
 DIGEST = "sha256:" + "ab" * 32
 ENV_WITHOUT_IMAGEKIT = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEKIT_")}
@@ -718,12 +721,6 @@ def test_cli_key_generate_sign_inspect(tmp_path: Path) -> None:
     assert [row["ref"] for row in listed] == ["web:1"]
 
 
-def test_cli_refuses_to_sign_a_registry_image_for_now(tmp_path: Path, pair: Pair) -> None:
-    done = run("sign", "oci://registry.lan/prod/web:1", "--key", str(pair.private), home=tmp_path)
-    assert done.returncode == 2
-    assert "signing an image in a registry comes with `imagekit push`" in done.stderr
-
-
 def test_cli_build_sign_key_signs_the_built_image(
     upstream: Upstream, tmp_path: Path, pair: Pair
 ) -> None:
@@ -739,3 +736,171 @@ def test_cli_build_sign_key_signs_the_built_image(
     assert built.returncode == 0, built.stderr
     signed = Store(store, trust=TrustPolicy((pair.public,)))
     assert [s.signer for s in signed.signatures("cli:1")] == [pair.fingerprint]
+
+
+# --- through a registry (Debian's docker-registry on 127.0.0.1) -------------------------------
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    with running_registry(tmp_path_factory.mktemp("registry")) as running:
+        yield running
+
+
+@pytest.fixture
+def no_user_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(home / "run"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(home / "docker"))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(home / "auth.json"))
+
+
+def pushed(registry: RunningRegistry, store: Store, repository: str, disk: bytes) -> str:
+    """Push a new one-disk image as ``repository:1``; its manifest digest."""
+    name = repository.rsplit("/", 1)[-1]
+    manifest = add_image(store, f"{name}:1", disk)
+    store.push(f"{name}:1", registry.ref(repository))
+    return manifest.digest
+
+
+def refused_pull(
+    registry: RunningRegistry, tmp_path: Path, repository: str, trust: TrustPolicy
+) -> str:
+    """Pull ``repository:1`` into an empty store that refuses it; the error, nothing stored."""
+    empty = Store(tmp_path / f"empty-{repository.replace('/', '-')}", trust=trust)
+    with pytest.raises(SignatureError) as refused:
+        empty.pull(registry.ref(repository))
+    assert empty.refs() == [] and list(empty.blobs_dir.iterdir()) == []
+    return str(refused.value)
+
+
+@pytest.mark.usefixtures("no_user_credentials")
+def test_a_signature_travels_through_push_and_pull_and_is_required(
+    registry: RunningRegistry, tmp_path: Path, pair: Pair
+) -> None:
+    source = Store(tmp_path / "source")
+    manifest = add_image(source, "web:1", b"web disk")
+    source.sign("web:1", pair.private)  # before the push: signed as "web"
+    source.push("web:1", registry.ref("prod/web"))
+    host = Store(tmp_path / "host", trust=TrustPolicy((pair.public,), ("oci://*/prod/*",)))
+
+    image = host.pull(registry.ref("prod/web"))
+
+    assert image.digest == manifest.digest
+    [found] = host.signatures("web:1")
+    assert (found.signer, found.reference) == (pair.fingerprint, "web")
+    assert found.ref == f"web:{signature_tag(manifest.digest)}"
+    assert host.gc().removed_blobs == [] and host.fsck().ok
+    assert [r for r, _ in host.refs()] == ["web:1", found.ref]
+
+
+@pytest.mark.usefixtures("no_user_credentials")
+def test_pulls_are_refused_for_each_kind_of_tampering_and_store_nothing(
+    registry: RunningRegistry, tmp_path: Path, pair: Pair, other: Pair
+) -> None:
+    source = Store(tmp_path / "source")
+    trusted = TrustPolicy((pair.public,), ("*",))
+
+    pushed(registry, source, "t/unsigned", b"unsigned")
+    why = refused_pull(registry, tmp_path, "t/unsigned", trusted)
+    assert "is not signed (no signature at tag sha256-" in why
+
+    digest = pushed(registry, source, "t/wrongkey", b"wrong key")
+    source.sign("wrongkey:1", other.private)
+    source.push("wrongkey:1", registry.ref("t/wrongkey"))
+    why = refused_pull(registry, tmp_path, "t/wrongkey", trusted)
+    assert f"made by key {other.fingerprint}, which is not one of the 1 key" in why
+
+    digest = pushed(registry, source, "t/named", b"named")
+    source.sign("named:1", pair.private, reference=f"{registry.host}/t/other")
+    source.push("named:1", registry.ref("t/named"))
+    why = refused_pull(registry, tmp_path, "t/named", trusted)
+    assert f"names '{registry.host}/t/other', another image than {registry.host}/t/named" in why
+
+    # The image's manifest changed after signing: the new digest has no signature, and a
+    # signature moved to its tag still names the signed digest.
+    signed = pushed(registry, source, "t/changed", b"changed")
+    source.sign("changed:1", pair.private)
+    source.push("changed:1", registry.ref("t/changed"))
+    changed = pushed(registry, source, "t/changed", b"changed, after signing")
+    assert "is not signed" in refused_pull(registry, tmp_path, "t/changed", trusted)
+    old = Registry(registry.host).get_manifest("t/changed", signature_tag(signed))
+    Registry(registry.host).put_manifest(
+        "t/changed", signature_tag(changed), old.body, MEDIA_MANIFEST
+    )
+    why = refused_pull(registry, tmp_path, "t/changed", trusted)
+    assert f"is for manifest {signed}, not {changed}" in why
+
+    # Signature bytes changed in the registry.
+    digest = pushed(registry, source, "t/flipped", b"flipped")
+    source.sign("flipped:1", pair.private)
+    source.push("flipped:1", registry.ref("t/flipped"))
+    sig = Registry(registry.host).get_manifest("t/flipped", signature_tag(digest))
+    [layer] = cosign.parse_signature_manifest(sig.body)
+    der = bytearray(base64.b64decode(layer.signature))
+    der[-1] ^= 1
+    bad = cosign.SignatureLayer(layer.payload, base64.b64encode(bytes(der)).decode(), layer.signer)
+    _, body = cosign.signature_manifest([bad])
+    Registry(registry.host).put_manifest("t/flipped", signature_tag(digest), body, MEDIA_MANIFEST)
+    why = refused_pull(registry, tmp_path, "t/flipped", trusted)
+    assert "does not verify: the payload or the signature was changed after signing" in why
+
+
+@pytest.mark.usefixtures("no_user_credentials")
+def test_pulls_no_rule_covers_keep_whatever_signatures_there_are(
+    registry: RunningRegistry, tmp_path: Path, pair: Pair
+) -> None:
+    source = Store(tmp_path / "source")
+    pushed(registry, source, "dev/plain", b"plain")
+    pushed(registry, source, "dev/signed", b"signed")
+    source.sign("signed:1", pair.private)
+    source.push("signed:1", registry.ref("dev/signed"))
+    host = Store(tmp_path / "host", trust=TrustPolicy((pair.public,), ("oci://*/prod/*",)))
+
+    assert host.pull(registry.ref("dev/plain")).ref == "plain:1"
+    assert host.signatures("plain:1") == []
+    host.pull(registry.ref("dev/signed"))
+    assert [s.signer for s in host.signatures("signed:1")] == [pair.fingerprint]
+
+
+@pytest.mark.usefixtures("no_user_credentials")
+def test_signing_in_the_registry_and_pushing_local_signatures_merge(
+    registry: RunningRegistry, tmp_path: Path, pair: Pair, other: Pair
+) -> None:
+    source = Store(tmp_path / "source")
+    digest = pushed(registry, source, "prod/api", b"api")
+
+    made = run(
+        "sign", registry.ref("prod/api"), "--key", str(other.private), "--store",
+        str(tmp_path / "cli-store"), home=tmp_path,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    tag = signature_tag(digest)
+    assert made.stdout == (
+        f"signed {digest} as {registry.host}/prod/api with key {other.fingerprint}\n"
+        f"oci://{registry.host}/prod/api:{tag}\n"
+    )
+    source.sign("api:1", pair.private)
+    source.push("api:1", registry.ref("prod/api"))  # adds the local signature, keeps the other
+
+    remote = Registry(registry.host).get_manifest("prod/api", tag)
+    layers = cosign.parse_signature_manifest(remote.body)
+    assert [layer.signer for layer in layers] == [other.fingerprint, pair.fingerprint]
+    for key in (pair, other):
+        host = Store(
+            tmp_path / f"host-{key.fingerprint[7:15]}", trust=TrustPolicy((key.public,), ("*",))
+        )
+        host.pull(registry.ref("prod/api"))
+        assert key.fingerprint in [s.signer for s in host.signatures("api:1")]
+    again = run(
+        "sign", registry.ref("prod/api"), "--key", str(other.private), "--store",
+        str(tmp_path / "cli-store"), home=tmp_path,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    layers = cosign.parse_signature_manifest(
+        Registry(registry.host).get_manifest("prod/api", tag).body
+    )
+    assert sorted(layer.signer or "" for layer in layers) == sorted(
+        [other.fingerprint, pair.fingerprint]
+    )

@@ -9,7 +9,7 @@ import typer
 
 import imagekit
 from imagekit.cli.app import JsonOption, StoreOption, app, emit_json, open_store
-from imagekit.errors import RecipeError
+from imagekit.cli.registry import InsecureOption
 
 key_app = typer.Typer(help="Signing keys (ECDSA P-256 PEM, as cosign and openssl use).")
 app.add_typer(key_app, name="key", no_args_is_help=True)
@@ -41,25 +41,24 @@ def generate(
 
 @app.command()
 def sign(
-    target: Annotated[str, typer.Argument(help="Stored image NAME[:TAG] or digest.")],
+    target: Annotated[
+        str, typer.Argument(help="Stored image NAME[:TAG] or digest, or oci://HOST/REPO:TAG.")
+    ],
     key: Annotated[Path, typer.Option("--key", help="EC P-256 private key (PEM).")],
     reference: Annotated[
         str | None,
         typer.Option(
             help="The docker-reference to sign for, e.g. registry.lan/prod/web (default: the "
-            "image's name); podman hosts check it."
+            "image's name; for oci:// its HOST/REPO)."
         ),
     ] = None,
     store: StoreOption = None,
+    insecure: InsecureOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Sign an image; the signature is stored beside it (tag NAME:sha256-<hex>.sig)."""
-    if target.startswith("oci://"):
-        raise RecipeError(
-            "signing an image in a registry comes with `imagekit push`: sign the stored image "
-            "(imagekit sign NAME:TAG --key KEY) before pushing it"
-        )
-    signature = open_store(store).sign(target, key, reference=reference)
+    """Sign an image, cosign's way: beside it in the store (tag NAME:sha256-<hex>.sig, which
+    push carries), or in the registry for oci://."""
+    signature = open_store(store).sign(target, key, reference=reference, insecure=insecure)
     if as_json:
         emit_json(signature.to_json())
         return

@@ -4,13 +4,13 @@ The registry is a transport, not an authority: every blob is checked against the
 manifest names, every disk layer's header is inspected before any qemu tool could open it (a
 qcow2 layer may name as backing file only its parent layer, by blob name), and the config and
 evidence blobs come along unchanged, so ``imagekit inspect`` still shows where the base came
-from and who signed its checksum. A signature check, when the caller has one, runs as soon as
-the manifest digest is known, before anything is stored.
+from and who signed its checksum. The image's cosign signatures are read as soon as the manifest
+digest is known: when the trust policy requires one for this pull, a refusal leaves nothing
+stored; otherwise they are kept beside the image (:mod:`imagekit.verify.remote`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,9 +29,8 @@ from imagekit.oci.registry import Registry
 from imagekit.oci.transfer import PullReport, Remote, TransferOptions
 from imagekit.progress import ProgressEvent
 from imagekit.recipe import host_arch
-
-# Raises (a VerificationError) unless the manifest digest is signed by a key the host trusts.
-SignatureCheck = Callable[[str, RegistryRef], None]
+from imagekit.verify import remote as signatures
+from imagekit.verify.trust import TrustPolicy
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class RegistryPull:
     arch: str | None = None  # for a multi-arch tag; default the host's
     insecure: bool = False  # plain http to a registry that is not on loopback
     transport: Transport | None = None
-    verify_signature: SignatureCheck | None = None
+    trust: TrustPolicy = field(default_factory=TrustPolicy)  # whose signatures count, where
     options: TransferOptions = field(default_factory=TransferOptions)
 
 
@@ -73,9 +72,8 @@ def pull(layout: Layout, text: str, request: RegistryPull) -> Pulled:
     with layout.shared_lock():
         progress(ProgressEvent("resolve", f"reading {ref}"))
         remote = transfer.resolve(registry, ref, arch=request.arch or host_arch())
-        if request.verify_signature is not None:
-            progress(ProgressEvent("verify", f"checking the signature of {remote.named[:19]}"))
-            request.verify_signature(remote.named, ref.but(tag=ref.tag, digest=remote.named))
+        progress(ProgressEvent("verify", f"reading the signatures of {remote.named[:19]}"))
+        signed = signatures.check(registry, ref.repository, remote.named, str(ref), request.trust)
         _require_image(remote)
         report = transfer.fetch(
             layout, registry, remote, inspect=_inspector(layout), options=request.options
@@ -83,6 +81,8 @@ def pull(layout: Layout, text: str, request: RegistryPull) -> Pulled:
         manifest = Descriptor(MEDIA_MANIFEST, remote.image.digest, len(remote.image.body))
         key = identity({"oci": remote.image.digest})
         image = catalog.tag(layout, local, key, manifest, progress)
+        if remote.named == remote.image.digest:  # an index's signatures sign no stored manifest
+            signatures.keep(layout, parse_ref(local).name, remote.named, signed)
     return Pulled(replace(image, cached=not report.fetched), report)
 
 

@@ -40,6 +40,7 @@ from imagekit.verify.keys import PrivateKey, PublicKey, fingerprint
 
 SIGNATURE_TYPE = "cosign container image signature"
 PAYLOAD_MAX = 1 << 20  # cosign's payloads are a few hundred bytes; a bigger "payload" is hostile
+SIGNATURES_MAX = 64  # per manifest: key rotation needs a few, not a registry's worth of downloads
 _GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028"}
 _GO_ESCAPES["\u2029"] = "\\u2029"
 _ZERO_TIME = "0001-01-01T00:00:00Z"  # Go's zero time.Time, as go-containerregistry writes it
@@ -172,6 +173,19 @@ def signature_manifest(layers: Sequence[SignatureLayer]) -> tuple[bytes, bytes]:
     return config, manifest
 
 
+def merge_layers(
+    first: Sequence[SignatureLayer], second: Sequence[SignatureLayer]
+) -> list[SignatureLayer]:
+    """``first``, then what ``second`` adds: the same signature of the same payload is one."""
+    merged = list(first)
+    seen = {(layer.payload.digest, layer.signature) for layer in merged}
+    for layer in second:
+        if (layer.payload.digest, layer.signature) not in seen:
+            seen.add((layer.payload.digest, layer.signature))
+            merged.append(layer)
+    return merged
+
+
 def parse_signature_manifest(data: bytes) -> list[SignatureLayer]:
     """The signatures a signature manifest holds (layers of other types are not signatures).
 
@@ -188,6 +202,11 @@ def parse_signature_manifest(data: bytes) -> list[SignatureLayer]:
         descriptors = [Descriptor.from_json(layer) for layer in obj["layers"]]
     except (ValueError, StoreError) as e:
         raise SignatureError(f"a signature manifest is malformed ({e}); sign again") from None
+    if len(descriptors) > SIGNATURES_MAX:
+        raise SignatureError(
+            f"a signature manifest holds {len(descriptors)} layers, more than {SIGNATURES_MAX}: "
+            "it is not a signature manifest worth reading"
+        )
     found = []
     for layer in descriptors:
         signature = layer.annotations.get(COSIGN_SIGNATURE_ANNOTATION)

@@ -9,6 +9,7 @@ gc keeps a signature as long as the image it signs and drops it with the image.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from imagekit.oci.media import (
 from imagekit.verify.cosign import (
     SignatureLayer,
     make_payload,
+    merge_layers,
     parse_payload,
     parse_signature_manifest,
     sign_payload,
@@ -61,6 +63,21 @@ class Signature:
         }
 
 
+def sign_ref(
+    layout: Layout, ref: str, key: PrivateKey, reference: str | None, *, digest: str | None = None
+) -> Signature:
+    """Sign the stored image ``ref`` names; with ``digest``, only if it still names that one
+    (a build signing what it tagged must not sign what another process tagged meanwhile)."""
+    with layout.shared_lock():
+        descriptor = layout.resolve(ref)
+        if digest is not None and descriptor.digest != digest:
+            raise StoreError(
+                f"{ref} was re-tagged to {descriptor.digest} meanwhile, so {digest} was not "
+                f"signed: check which image it should name, then `imagekit sign {ref}`"
+            )
+        return sign(layout, descriptor, key, reference)
+
+
 def sign(
     layout: Layout, descriptor: Descriptor, key: PrivateKey, reference: str | None
 ) -> Signature:
@@ -74,7 +91,6 @@ def sign(
     name, tag = str(parse_ref(image_ref)).split(":", 1)
     if signed_digest(tag) is not None:
         raise RecipeError(f"{image_ref} is a signature, not an image: sign the image itself")
-    ref = f"{name}:{signature_tag(descriptor.digest)}"
     payload = make_payload(reference or name, descriptor.digest)
     public = key.public_key()
     layer = SignatureLayer(
@@ -82,12 +98,40 @@ def sign(
         sign_payload(key, payload),
         fingerprint(public),
     )
-    with layout.digest_lock(f"sign-{ref}"):  # read, add, write back: one signer at a time
-        kept = [old for old in _layers(layout, ref) if not _made_by(layout, old, public)]
-        config, manifest = signature_manifest([*kept, layer])
-        layout.add_bytes(config, MEDIA_OCI_CONFIG)
-        layout.tag(ref, layout.add_bytes(manifest, MEDIA_MANIFEST))
+    ref = attach(
+        layout, name, descriptor.digest, [layer], replaces=lambda old: _made_by(layout, old, public)
+    )
     return Signature(ref, descriptor.digest, layer.signer, reference or name)
+
+
+def attach(
+    layout: Layout,
+    name: str,
+    digest: str,
+    layers: Sequence[SignatureLayer],
+    *,
+    replaces: Callable[[SignatureLayer], bool] = lambda old: False,
+) -> str:
+    """Add ``layers`` (their payloads already stored) to ``NAME:sha256-<hex>.sig``, dropping
+    the stored layers ``replaces`` picks; returns that ref."""
+    ref = f"{name}:{signature_tag(digest)}"
+    with layout.digest_lock(f"sign-{ref}"):  # read, add, write back: one writer at a time
+        old = _layers(layout, ref)
+        merged = merge_layers([layer for layer in old if not replaces(layer)], layers)
+        if merged != old:
+            config, manifest = signature_manifest(merged)
+            layout.add_bytes(config, MEDIA_OCI_CONFIG)
+            layout.tag(ref, layout.add_bytes(manifest, MEDIA_MANIFEST))
+    return ref
+
+
+def stored_layers(layout: Layout, digest: str) -> list[SignatureLayer]:
+    """Every stored signature of ``digest``, whatever image name it is kept under."""
+    found: list[SignatureLayer] = []
+    for ref, _ in layout.refs():
+        if ref.partition(":")[2] == signature_tag(digest):
+            found = merge_layers(found, _layers(layout, ref))
+    return found
 
 
 def signatures(layout: Layout, digest: str, trust: TrustPolicy) -> list[Signature]:

@@ -101,13 +101,7 @@ class TrustPolicy:
         refusal."""
         from imagekit.verify.cosign import parse_signature_manifest
 
-        where = reference or manifest_digest
         layers = parse_signature_manifest(manifest) if manifest is not None else []
-        if not layers:
-            raise SignatureError(
-                f"{where} is not signed (no signature at tag {signature_tag(manifest_digest)}) "
-                "and [trust] require says it must be: sign it with `imagekit sign` and push it"
-            )
         return self.check_layers(
             [(layer, read_payload(layer.payload)) for layer in layers], manifest_digest, reference
         )
@@ -128,7 +122,11 @@ class TrustPolicy:
                 return result
             refusals.append((rank, SignatureError(result)))
         if not refusals:
-            raise SignatureError(f"{reference or manifest_digest} is not signed")
+            raise SignatureError(
+                f"{reference or manifest_digest} is not signed (no signature at tag "
+                f"{signature_tag(manifest_digest)}) and [trust] require says it must be: sign "
+                "it with `imagekit sign` and push it"
+            )
         raise max(refusals, key=lambda refusal: refusal[0])[1]
 
     def _check(
