@@ -412,32 +412,28 @@ def test_each_kind_of_refusal_says_what_happened(pair: Pair, other: Pair) -> Non
     assert policy.check(payload, signature, DIGEST, target) == pair.fingerprint
 
 
-def test_a_signature_manifest_is_checked_as_a_whole(pair: Pair, other: Pair) -> None:
+def test_all_signatures_of_a_manifest_are_tried(pair: Pair, other: Pair) -> None:
     target = "oci://registry.lan/prod/web:1"
-    blobs: dict[str, bytes] = {}
 
-    def layer(key: Pair, reference: str) -> cosign.SignatureLayer:
+    def layer(key: Pair, reference: str) -> tuple[cosign.SignatureLayer, bytes]:
         payload, signature = _signed(key, reference)
-        blobs[sha256_bytes(payload)] = payload
         described = Descriptor(MEDIA_SIMPLE_SIGNING, sha256_bytes(payload), len(payload))
-        return cosign.SignatureLayer(described, signature, key.fingerprint)
-
-    def read(descriptor: Descriptor) -> bytes:
-        return blobs[descriptor.digest]
+        return cosign.SignatureLayer(described, signature, key.fingerprint), payload
 
     policy = TrustPolicy((pair.public,), ("*",))
-    foreign, good = layer(other, "web"), layer(pair, "web")
-    _, both = cosign.signature_manifest([foreign, good])
-    _, foreign_only = cosign.signature_manifest([foreign])
-    _, wrong_image = cosign.signature_manifest([foreign, layer(pair, "db")])
+    foreign, good, wrong_image = layer(other, "web"), layer(pair, "web"), layer(pair, "db")
+    _, both = cosign.signature_manifest([foreign[0], good[0]])
+    parsed = cosign.parse_signature_manifest(both)
 
-    assert policy.check_manifest(both, read, DIGEST, target) == pair.fingerprint
+    assert policy.check_layers(
+        list(zip(parsed, [foreign[1], good[1]], strict=True)), DIGEST, target
+    ) == (pair.fingerprint)
     with pytest.raises(SignatureError, match="not one of the 1 key"):
-        policy.check_manifest(foreign_only, read, DIGEST, target)
+        policy.check_layers([foreign], DIGEST, target)
     with pytest.raises(SignatureError, match="names 'db'"):  # the most telling refusal
-        policy.check_manifest(wrong_image, read, DIGEST, target)
+        policy.check_layers([foreign, wrong_image], DIGEST, target)
     with pytest.raises(SignatureError, match=f"is not signed .*{signature_tag(DIGEST)}"):
-        policy.check_manifest(None, read, DIGEST, target)
+        policy.check_layers([], DIGEST, target)
 
 
 # --- [trust] in config.toml -------------------------------------------------------------------
@@ -464,7 +460,6 @@ def test_trust_is_read_from_config_toml(config_home: Path, pair: Pair, tmp_path:
     assert store.trust.keys == (config_home / "imagekit" / "build.pub", other_pub(tmp_path))
     assert store.trust.require == ("oci://registry.lan/prod/*",)
     assert pair.fingerprint in store.trust.public_keys
-    assert store.trust.key_file(pair.fingerprint) == config_home / "imagekit" / "build.pub"
 
 
 def other_pub(tmp_path: Path) -> Path:
@@ -602,6 +597,18 @@ def test_signatures_without_trusted_keys_are_listed_unverified(tmp_path: Path, p
     [found] = store.signatures("web:1")
     assert found.signer is None
     assert found.problem is not None and "[trust] keys is empty" in found.problem
+
+
+def test_a_damaged_signature_manifest_is_listed_with_its_problem(
+    trusting: Store, pair: Pair
+) -> None:
+    manifest = add_image(trusting, "web:1")
+    junk = trusting.add_bytes(b'{"schemaVersion": 2, "layers": 1}', MEDIA_MANIFEST)
+    trusting.tag(f"web:{signature_tag(manifest.digest)}", junk)
+
+    [found] = trusting.signatures("web:1")
+    assert found.signer is None and "signature manifest is malformed" in (found.problem or "")
+    assert trusting.image("web:1").digest == manifest.digest
 
 
 def test_signing_a_signature_or_an_untagged_image_is_refused(trusting: Store, pair: Pair) -> None:

@@ -75,10 +75,10 @@ def sign_ref(
                 f"{ref} was re-tagged to {descriptor.digest} meanwhile, so {digest} was not "
                 f"signed: check which image it should name, then `imagekit sign {ref}`"
             )
-        return sign(layout, descriptor, key, reference)
+        return _sign(layout, descriptor, key, reference)
 
 
-def sign(
+def _sign(
     layout: Layout, descriptor: Descriptor, key: PrivateKey, reference: str | None
 ) -> Signature:
     """Sign the tagged image ``descriptor`` names; the caller holds the store's shared lock.
@@ -143,15 +143,24 @@ def signatures(layout: Layout, digest: str, trust: TrustPolicy) -> list[Signatur
     for ref, _ in layout.refs():
         if ref.partition(":")[2] != signature_tag(digest):
             continue
-        for layer in _layers(layout, ref):
-            try:
-                payload = layout.read_blob(layer.payload.digest)
-                signer = trust.check(payload, layer.signature, digest, None, claimed=layer.signer)
-            except (SignatureError, StoreError) as e:
-                found.append(Signature(ref, digest, None, problem=str(e)))
-                continue
-            found.append(Signature(ref, digest, signer, parse_payload(payload).reference))
+        try:
+            layers = _layers(layout, ref)
+        except (SignatureError, StoreError) as e:
+            found.append(Signature(ref, digest, None, problem=str(e)))
+            continue
+        found.extend(_checked(layout, ref, digest, layer, trust) for layer in layers)
     return found
+
+
+def _checked(
+    layout: Layout, ref: str, digest: str, layer: SignatureLayer, trust: TrustPolicy
+) -> Signature:
+    try:
+        payload = layout.read_blob(layer.payload.digest)
+        signer = trust.check(payload, layer.signature, digest, None, claimed=layer.signer)
+    except (SignatureError, StoreError) as e:
+        return Signature(ref, digest, None, problem=str(e))
+    return Signature(ref, digest, signer, parse_payload(payload).reference)
 
 
 def _layers(layout: Layout, ref: str) -> list[SignatureLayer]:

@@ -17,23 +17,21 @@ So a signed image moved to another repository or tag is refused; re-sign it ther
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imagekit.errors import SignatureError
-from imagekit.oci.descriptor import Descriptor
 from imagekit.oci.media import signature_tag
+from imagekit.oci.reference import SCHEME
 
 # cryptography costs ~0.1 s to import; a store is opened by every command, and only signing and
 # checking need it, so verify.cosign and verify.keys load on first use.
 if TYPE_CHECKING:
     from imagekit.verify.cosign import SignatureLayer
     from imagekit.verify.keys import PublicKey
-
-SCHEME = "oci://"
 
 # Why a signature was refused, least telling first: the most telling one is reported.
 _UNKNOWN_KEY, _DAMAGED, _TAMPERED, _OTHER_IMAGE = range(4)
@@ -53,19 +51,10 @@ class TrustPolicy:
     @cached_property
     def public_keys(self) -> dict[str, PublicKey]:
         """The trusted keys by fingerprint, read on first use (RecipeError for a bad file)."""
-        return {fp: key for fp, (_, key) in self._keyring.items()}
-
-    def key_file(self, fingerprint: str) -> Path | None:
-        """The [trust] keys file of the key with ``fingerprint`` (None: not a trusted key)."""
-        entry = self._keyring.get(fingerprint)
-        return entry[0] if entry else None
-
-    @cached_property
-    def _keyring(self) -> dict[str, tuple[Path, PublicKey]]:
         from imagekit.verify.keys import fingerprint, load_public_key
 
-        loaded = [(path, load_public_key(path)) for path in self.keys]
-        return {fingerprint(key): (path, key) for path, key in loaded}
+        loaded = [load_public_key(path) for path in self.keys]
+        return {fingerprint(key): key for key in loaded}
 
     def check(
         self,
@@ -88,31 +77,14 @@ class TrustPolicy:
             raise SignatureError(result)
         return result
 
-    def check_manifest(
-        self,
-        manifest: bytes | None,
-        read_payload: Callable[[Descriptor], bytes],
-        manifest_digest: str,
-        reference: str | None,
-    ) -> str:
-        """The signer of the first acceptable signature in a signature manifest (None: the
-        registry had no ``sha256-<hex>.sig`` tag). ``read_payload`` fetches a payload blob
-        by its descriptor, checking its digest. Else SignatureError with the most telling
-        refusal."""
-        from imagekit.verify.cosign import parse_signature_manifest
-
-        layers = parse_signature_manifest(manifest) if manifest is not None else []
-        return self.check_layers(
-            [(layer, read_payload(layer.payload)) for layer in layers], manifest_digest, reference
-        )
-
     def check_layers(
         self,
         signatures: Sequence[tuple[SignatureLayer, bytes]],
         manifest_digest: str,
         reference: str | None,
     ) -> str:
-        """:meth:`check_manifest` once the payloads are read: each (layer, payload bytes)."""
+        """The signer of the first acceptable signature of a signature manifest, given as
+        (layer, payload bytes) pairs; else SignatureError with the most telling refusal."""
         refusals: list[tuple[int, SignatureError]] = []
         for layer, payload in signatures:
             rank, result = self._check(
@@ -178,7 +150,7 @@ class TrustPolicy:
         )
 
 
-def split_reference(text: str) -> tuple[str, str | None]:
+def _split_reference(text: str) -> tuple[str, str | None]:
     """(repository, tag) of ``[oci://]HOST/REPO[:TAG][@sha256:...]`` or a bare ``NAME[:TAG]``."""
     rest = text.removeprefix(SCHEME).partition("@")[0]
     head, slash, last = rest.rpartition("/")
@@ -190,8 +162,8 @@ def _reference_mismatch(signed: str, target: str | None) -> str | None:
     """Why a payload's docker-reference does not name the pull target (module docstring)."""
     if target is None:
         return None
-    signed_repo, signed_tag = split_reference(signed)
-    repository, tag = split_reference(target)
+    signed_repo, signed_tag = _split_reference(signed)
+    repository, tag = _split_reference(target)
     wanted = repository if "/" in signed_repo else repository.rpartition("/")[2]
     if signed_repo != wanted:
         return f"names {signed!r}, another image than {repository}"
