@@ -24,7 +24,7 @@ from tests.conftest import REPO
 from tests.reliability import figures
 from tests.require import require
 
-TARGETS = ["recipe", "checksums", "store_index", "qcow2"]
+TARGETS = ["recipe", "checksums", "store_index", "qcow2", "secrets"]
 RUNS = 3000
 MAX_SECONDS = 20
 
