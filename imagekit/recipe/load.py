@@ -21,6 +21,7 @@ from pathlib import Path
 from imagekit.core.refs import validate_name
 from imagekit.errors import RecipeError
 from imagekit.guest.tarball import tarball_compression
+from imagekit.recipe.load_acceptance import boot_test, profile_check
 from imagekit.recipe.load_http import http_source
 from imagekit.recipe.load_resolve import resolve_spec
 from imagekit.recipe.model import (
@@ -77,7 +78,8 @@ def load_recipe_string(
         if not re.fullmatch(RECIPE.key(key).pattern, value):  # an override, or the host's
             raise RecipeError(f"{where}: invalid {key} {value!r}")
     values = {"name": name, "version": recipe_version, "arch": recipe_arch}
-    source = _source(top["source"], top["resolve"], values, base_dir or Path.cwd(), where)
+    folder = base_dir or Path.cwd()
+    source = _source(top["source"], top["resolve"], values, folder, where)
     if pin:
         if not isinstance(source, HttpSource):
             raise RecipeError(f"{where}: a @sha256 pin applies to downloaded images only")
@@ -92,6 +94,8 @@ def load_recipe_string(
         description=top["description"],
         customize=top["customize"],
         pin=pin or "",
+        test=boot_test(top["test"], folder, where),
+        check=profile_check(top["check"], folder, where),
     )
 
 
