@@ -7,11 +7,11 @@ import sys
 
 import typer
 
-from imagekit.cli import build, images, recipes, vm
+from imagekit.cli import build, check, images, recipes, vm
 from imagekit.cli.app import app
 from imagekit.errors import ImagekitError
 
-__all__ = ["app", "build", "images", "main", "recipes", "vm"]
+__all__ = ["app", "build", "check", "images", "main", "recipes", "vm"]
 
 
 def main() -> None:
