@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # imagekit.check loads libguestfs: only when the command runs
 
 COLUMNS = ("STATUS", "ID", "REQUIRED", "EXPECTED", "FOUND", "SOURCE")
 _STYLES = {"pass": "green", "differ": "red", "missing": "yellow"}
+WIDE = 140  # terminal columns from which the table shows each check's detail
 
 
 @app.command()
@@ -73,12 +74,15 @@ def _print_rich(report: CheckReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(*COLUMNS, "DETAIL", box=None, title=_heading(report), title_justify="left")
+    console = Console()
+    detail = console.width >= WIDE  # what was read, where: only when it fits beside the rest
+    table = Table(box=None, title=_heading(report), title_justify="left")
+    for column in (*COLUMNS, *(["DETAIL"] if detail else [])):
+        table.add_column(column, no_wrap=column != "DETAIL")
     for row, result in zip(rows(report), report.results, strict=True):
         status = f"[{_STYLES[row[0]]}]{row[0]}[/]"
-        advisory = not result.check.required
-        table.add_row(status, *row[1:], result.detail, style="dim" if advisory else None)
-    console = Console()
+        cells = [status, *row[1:], *([result.detail] if detail else [])]
+        table.add_row(*cells, style=None if result.check.required else "dim")
     console.print(table)
     console.print("\n".join(["", *_sources(report), report.summary()]), highlight=False)
 
