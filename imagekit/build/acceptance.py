@@ -11,6 +11,7 @@ as it was, and the layers cached: fixing the test costs no rebuild.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -60,34 +61,40 @@ class Proof:
     layers: list[Descriptor] = field(default_factory=list)
 
 
-def plan(layout: Layout, recipe: Recipe, ref: str, disk: str) -> Acceptance | None:
+def recipe_profile(recipe: Recipe) -> Profile | None:
+    """The profile ``[check]`` names, read before any layer is built: a typo fails at once."""
+    check = recipe.check
+    return None if check is None else load_profile(check.profile, base_dir=check.base_dir)
+
+
+def plan(
+    layout: Layout, recipe: Recipe, profile: Profile | None, ref: str, disk: str
+) -> Acceptance | None:
     """The proofs ``recipe`` asks of the image whose top disk is ``disk``; None if none."""
     test = recipe.test if recipe.test is not None and recipe.test.boot else None
-    check = recipe.check
+    check = recipe.check if profile is not None else None
     if test is None and check is None:
         return None
-    acceptance = Acceptance(ref)
+    test_key = check_key = ""
     if test is not None:
         inputs = _test_inputs(layout, test)
-        key = identity({"disk": disk, "test": inputs, "code": TEST_CODE_VERSION})
-        acceptance = Acceptance(ref, test, key)
-    if check is not None:
-        profile = load_profile(check.profile, base_dir=check.base_dir)
-        key = identity({"disk": disk, "profile": profile.digest, "code": CHECK_CODE_VERSION})
-        acceptance = Acceptance(ref, test, acceptance.test_key, check, profile, key)
-    return acceptance
+        test_key = identity({"disk": disk, "test": inputs, "code": TEST_CODE_VERSION})
+    if profile is not None:
+        check_key = identity({"disk": disk, "profile": profile.digest, "code": CHECK_CODE_VERSION})
+    return Acceptance(ref, test, test_key, check, profile, check_key)
 
 
 def prove(acceptance: Acceptance, run: StepRun, unproven: Unproven) -> Proof:
     """Run (or read back) the test, then the check; BootError or CheckError on a failure."""
+    image = functools.cache(unproven)  # written once, and only if a proof must run
     proof = Proof()
     if acceptance.test is not None:
-        record, log = _boot(acceptance, acceptance.test, run, unproven)
+        record, log = _boot(acceptance, acceptance.test, run, image)
         proof.config["test"] = record
         proof.layers.append(log)
     check, profile = acceptance.check, acceptance.profile
     if check is not None and profile is not None:
-        proof.config["check"] = _check(acceptance, check, profile, run, unproven)
+        proof.config["check"] = _check(acceptance, check, profile, run, image)
     return proof
 
 

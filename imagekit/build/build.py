@@ -75,6 +75,7 @@ def build(builder: Builder, recipe: Recipe, *, tag: str | None = None) -> BuildR
             for i, table in enumerate(recipe.customize)
         ]
         recipe = customize.recorded_recipe(recipe)
+        profile = acceptance.recipe_profile(recipe)
         base, reports = _base(builder, recipe)
         base_dir = recipe.path.parent if recipe.path else Path.cwd()
         run = builder.step_run(base_dir)
@@ -95,7 +96,7 @@ def build(builder: Builder, recipe: Recipe, *, tag: str | None = None) -> BuildR
             "inspection": _inspection(base, added),
         }
         top = [*base.disks, *added.disks][-1].digest
-        proofs = acceptance.plan(layout, recipe, ref, top)
+        proofs = acceptance.plan(layout, recipe, profile, ref, top)
         if proofs is None:
             image = _write(builder, ref, key, config, base, added)
             return BuildResult(image, reports, added.passwords)
