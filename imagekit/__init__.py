@@ -9,6 +9,7 @@ print(image.path, image.verification)
 from imagekit._version import __version__
 from imagekit.errors import (
     BootError,
+    CheckError,
     ChecksumError,
     CustomizeError,
     FetchError,
@@ -30,6 +31,7 @@ from imagekit.verify.policy import VerifiedChecksums, verify_checksum_file
 
 __all__ = [
     "BootError",
+    "CheckError",
     "ChecksumError",
     "CustomizeError",
     "FetchError",

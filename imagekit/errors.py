@@ -61,3 +61,9 @@ class BootError(ImagekitError):
     """A booted image did not become ready: no marker, no SSH login, or it failed on its console."""
 
     exit_code = 8
+
+
+class CheckError(ImagekitError):
+    """An image differs from its edition's profile in a required check, or cannot be read."""
+
+    exit_code = 9

@@ -74,3 +74,30 @@ def disk_record(disk: Descriptor, info: Mapping[str, Any]) -> dict[str, Any]:
         "size": disk.size,
         **{key: info[key] for key in _INFO_FIELDS if key in info},
     }
+
+
+def test_record(boot: Mapping[str, Any], console_log: Descriptor) -> dict[str, Any]:
+    """What a recipe's ``[test]`` proved: the image booted to ready, how, how fast, its console.
+
+    ``boot`` is the boot check's report (``BootReport.to_json()``); its paths and qemu command
+    line name temporary files and are left out.
+    """
+    return {
+        "passed": True,
+        "reason": boot["reason"],
+        "marker": boot["marker"],
+        "seconds": boot["seconds"],
+        "accel": boot["accel"],
+        "seed": boot["seed"],
+        "ssh_output": boot["ssh_output"],
+        "disk": boot["disk"],
+        "console_log": console_log.to_json(),
+    }
+
+
+def check_record(report: Mapping[str, Any], required: bool) -> dict[str, Any]:
+    """A ``[check]`` report as the image records it: of its disk, not of a ref or manifest."""
+    return {
+        **{key: value for key, value in report.items() if key not in ("ref", "image")},
+        "required": required,
+    }

@@ -28,6 +28,7 @@ from imagekit.verify.trust import TrustPolicy
 if TYPE_CHECKING:
     from imagekit.boot import BootOptions, BootReport, SeedReport, SeedSpec
     from imagekit.build import BuildResult
+    from imagekit.check import CheckReport, Profile
     from imagekit.net.transport import Transport
     from imagekit.oci.transfer import PushReport
     from imagekit.sources import http, registry
@@ -259,6 +260,27 @@ class Store(Layout):
             return boot_check(
                 self, image, options or BootOptions(), progress=progress or ignore_progress
             )
+
+    def check(
+        self,
+        ref: str,
+        profile: str | Profile,
+        *,
+        base_dir: Path | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> CheckReport:
+        """Compare a stored image with an edition's profile, offline, in one read-only launch.
+
+        ``profile`` is a name (``recipes/profiles/NAME.toml``), a ``.toml`` file (relative to
+        ``base_dir``, default the current folder) or a loaded Profile. The report says each
+        check's status; ``report.passed`` is False when a required check did not pass.
+        """
+        from imagekit.check import check_image, load_profile
+
+        loaded = load_profile(profile, base_dir=base_dir) if isinstance(profile, str) else profile
+        with self.shared_lock():
+            image = self.image(ref)
+            return check_image(self, image, loaded, progress=progress or ignore_progress)
 
     @staticmethod
     def seed(dest: Path, spec: SeedSpec) -> SeedReport:

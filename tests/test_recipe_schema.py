@@ -84,7 +84,42 @@ syntax = "F41"
 compress = true
 force = true
 """
+TEST_SEED = f"""{SCRATCH_ALL}
+[test]
+boot = true
+marker = "login:"
+timeout = "10m"
+inactivity = "3m"
+ssh = "systemctl is-system-running --wait"
+ssh_user = "alice"
+identity = "id_ed25519"
+memory = "512M"
+vcpus = 2
+seed = "seed.iso"
+[check]
+profile = "fedora-server"
+required = false
+"""
+TEST_CLOUD_INIT = f"""{SCRATCH_ALL}
+[test]
+seedless = true
+[test.cloud_init]
+hostname = "web1"
+user = "alice"
+ssh_keys = ["id.pub"]
+packages = ["nginx"]
+runcmd = ["touch /hold"]
+user_data = "user-data.yaml"
+network_config = "network.yaml"
+"""
 SAMPLES = {"http": HTTP_ALL, "scratch": SCRATCH_ALL, "recipe": BASE_ALL, "kickstart": KICKSTART_ALL}
+SAMPLES |= {"test-seed": TEST_SEED, "test-cloud-init": TEST_CLOUD_INIT}
+# A table after the [source] that the samples above set: the sample, and the line it starts at.
+SECTIONS = {
+    "[test]": (TEST_SEED, "[test]\n"),
+    "[check]": (TEST_SEED, "[check]\n"),
+    "cloud_init": (TEST_CLOUD_INIT, "[test.cloud_init]\n"),
+}
 BUNDLED = sorted((REPO / "recipes").glob("*.toml"))
 
 
@@ -95,6 +130,8 @@ def base_dir(tmp_path: Path) -> Path:
     (tmp_path / "a.ks").write_text("text\nreboot\n")
     (tmp_path / "install.iso").write_bytes(b"")
     shutil.copy(KEYS / "ubuntu-cloudimage-keyring.asc", tmp_path / "key.asc")
+    for name in ("seed.iso", "id_ed25519", "id.pub", "user-data.yaml", "network.yaml"):
+        (tmp_path / name).write_bytes(b"")  # what [test] names; the loader checks they exist
     return tmp_path
 
 
@@ -153,6 +190,9 @@ def _with_stray_key(table: Table) -> str:
         return debian.replace("[resolve]\n", f"[resolve]\n{stray}\n")
     if table.label == "[source]":
         return SAMPLES[table.kind].replace("[source]\n", f"[source]\n{stray}\n")
+    if table.label in SECTIONS:
+        sample, line = SECTIONS[table.label]
+        return sample.replace(line, f"{line}{stray}\n")
     inline = {"installer": 'installer = { path = "install.iso", ', "disk": "disk = { "}
     return KICKSTART_ALL.replace(inline[table.label], inline[table.label] + stray + ", ")
 

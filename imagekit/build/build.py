@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from imagekit import catalog, customize, provenance
+from imagekit.build import acceptance
 from imagekit.build.cache import BuildCache
 from imagekit.build.layers import LayerReport, Layers, StepRun, apply_steps
 from imagekit.core.digest import file_digest, hexpart, identity
 from imagekit.core.refs import parse_ref
 from imagekit.image import Image
 from imagekit.oci.layout import Descriptor
-from imagekit.oci.media import CREATED_ANNOTATION, DISK_FORMATS
+from imagekit.oci.media import CREATED_ANNOTATION, DISK_FORMATS, MEDIA_EVIDENCE_BOOT_LOG
 from imagekit.recipe import (
     HttpSource,
     KickstartSource,
@@ -63,6 +64,8 @@ def build(builder: Builder, recipe: Recipe, *, tag: str | None = None) -> BuildR
 
     Once its steps are parsed, only the recorded form of the recipe (its secrets shown as the
     step records show them) goes on: into provenance, the base's config and the ref's identity.
+    A ``[test]`` or ``[check]`` runs after the last layer (:mod:`imagekit.build.acceptance`);
+    if it fails, the ref is not tagged.
     """
     ref = str(parse_ref(tag)) if tag else recipe.ref
     layout = builder.session.layout
@@ -72,9 +75,11 @@ def build(builder: Builder, recipe: Recipe, *, tag: str | None = None) -> BuildR
             for i, table in enumerate(recipe.customize)
         ]
         recipe = customize.recorded_recipe(recipe)
+        profile = acceptance.recipe_profile(recipe)
         base, reports = _base(builder, recipe)
         base_dir = recipe.path.parent if recipe.path else Path.cwd()
-        added = apply_steps(builder.step_run(base_dir), base, steps, reports)
+        run = builder.step_run(base_dir)
+        added = apply_steps(run, base, steps, reports)
         key = identity(
             {
                 "recipe": recipe.digest,
@@ -90,7 +95,16 @@ def build(builder: Builder, recipe: Recipe, *, tag: str | None = None) -> BuildR
             "steps": [*base.config.get("steps", []), *added.records],
             "inspection": _inspection(base, added),
         }
-        image = _write(builder, ref, key, config, base, added)
+        top = [*base.disks, *added.disks][-1].digest
+        proofs = acceptance.plan(layout, recipe, profile, ref, top)
+        if proofs is None:
+            image = _write(builder, ref, key, config, base, added)
+            return BuildResult(image, reports, added.passwords)
+        key = identity({"build": key, **proofs.keys})
+        proof = acceptance.Proof()
+        if catalog.find(layout, ref, key) is None:
+            proof = acceptance.prove(proofs, run, lambda: _unproven(builder, config, base, added))
+        image = _write(builder, ref, key, {**config, **proof.config}, base, added, proof.layers)
         return BuildResult(image, reports, added.passwords)
 
 
@@ -211,8 +225,9 @@ def _write(
     config: Mapping[str, Any],
     base: Image,
     added: Layers,
+    proofs: Sequence[Descriptor] = (),
 ) -> Image:
-    """Manifest = base disks + new layers + base evidence; then tag it.
+    """Manifest = base disks + new layers + base evidence + this build's proofs; then tag it.
 
     A ref already naming this very build is returned as it is: a warm rebuild writes nothing.
     """
@@ -220,13 +235,35 @@ def _write(
     current = catalog.find(layout, ref, key)
     if current is not None:
         return current
-    base_layers = [Descriptor.from_json(layer) for layer in base.manifest["layers"]]
-    disks = [d for d in base_layers if d.media_type in DISK_FORMATS]
-    evidence = [d for d in base_layers if d.media_type not in DISK_FORMATS]
-    manifest = layout.write_manifest(
-        config,
-        [*disks, *added.disks, *evidence],
-        {CREATED_ANNOTATION: str(config["created"])},
-        subject=layout.resolve(base.digest),
-    )
+    manifest = _manifest(builder, config, base, [*added.disks, *_evidence(base), *proofs])
     return catalog.tag(layout, ref, key, manifest, builder.session.progress)
+
+
+def _unproven(builder: Builder, config: Mapping[str, Any], base: Image, added: Layers) -> Image:
+    """The built image as an untagged manifest, for its test and check to read.
+
+    The build holds the store's shared lock, so gc cannot sweep it meanwhile.
+    """
+    manifest = _manifest(builder, config, base, [*added.disks, *_evidence(base)])
+    return Image.from_descriptor(builder.session.layout, manifest)
+
+
+def _manifest(
+    builder: Builder, config: Mapping[str, Any], base: Image, layers: Sequence[Descriptor]
+) -> Descriptor:
+    return builder.session.layout.write_manifest(
+        config,
+        [*base.disks, *layers],
+        {CREATED_ANNOTATION: str(config["created"])},
+        subject=builder.session.layout.resolve(base.digest),
+    )
+
+
+def _evidence(base: Image) -> list[Descriptor]:
+    """The base's evidence, but not its boot log: that proved the base booted, not this."""
+    return [
+        descriptor
+        for descriptor in map(Descriptor.from_json, base.manifest["layers"])
+        if descriptor.media_type not in DISK_FORMATS
+        and descriptor.media_type != MEDIA_EVIDENCE_BOOT_LOG
+    ]

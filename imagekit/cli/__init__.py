@@ -7,11 +7,11 @@ import sys
 
 import typer
 
-from imagekit.cli import build, images, recipes, registry, sign, vm
+from imagekit.cli import build, check, images, recipes, registry, sign, vm
 from imagekit.cli.app import ClickError, Interrupted, app, emit_json
 from imagekit.errors import ImagekitError
 
-__all__ = ["app", "build", "images", "main", "recipes", "registry", "sign", "vm"]
+__all__ = ["app", "build", "check", "images", "main", "recipes", "registry", "sign", "vm"]
 
 INTERRUPTED = 130
 

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 other imagekit error, 2 bad recipe or usage, 3 download failed,
 4 verification failed, 5 unsafe image refused, 6 store problem (incl. fsck findings),
-7 customization failed, 8 boot check failed, 130 interrupted.
+7 customization failed, 8 boot check failed, 9 a required check of a profile failed,
+130 interrupted.
 """
 
 from __future__ import annotations

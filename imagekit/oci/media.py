@@ -14,7 +14,9 @@ MEDIA_ISO = "application/vnd.imagekit.iso"  # an installer ISO (source format "i
 MEDIA_EVIDENCE_CHECKSUM = "application/vnd.imagekit.evidence.checksum"
 MEDIA_EVIDENCE_SIGNATURE = "application/vnd.imagekit.evidence.signature"
 MEDIA_EVIDENCE_KICKSTART = "application/vnd.imagekit.evidence.kickstart"
-MEDIA_EVIDENCE_CONSOLE_LOG = "application/vnd.imagekit.evidence.console-log"
+MEDIA_EVIDENCE_CONSOLE_LOG = "application/vnd.imagekit.evidence.console-log"  # a kickstart install
+# The serial console of a recipe's [test] boot: it proves this image booted, not its base.
+MEDIA_EVIDENCE_BOOT_LOG = "application/vnd.imagekit.evidence.boot-log"
 
 # Format name <-> media type of a disk layer (an ISO is stored, never booted as a layer).
 DISK_MEDIA = {"qcow2": MEDIA_DISK_QCOW2, "raw": MEDIA_DISK_RAW}

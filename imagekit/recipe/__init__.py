@@ -21,9 +21,12 @@ from imagekit.recipe.find import (
 )
 from imagekit.recipe.load import host_arch, load_recipe_file, load_recipe_string
 from imagekit.recipe.model import (
+    BootTest,
+    CloudInit,
     HttpSource,
     KeyPin,
     KickstartSource,
+    ProfileCheck,
     Recipe,
     RecipeSource,
     ResolveSpec,
@@ -53,9 +56,12 @@ __all__ = [
     "RECIPE_SUFFIX",
     "RESOLVERS",
     "SCRATCH_MIN_SIZE",
+    "BootTest",
+    "CloudInit",
     "HttpSource",
     "KeyPin",
     "KickstartSource",
+    "ProfileCheck",
     "Recipe",
     "RecipeFile",
     "RecipeSource",

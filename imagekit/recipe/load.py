@@ -22,6 +22,7 @@ from imagekit.core.capped import TEXT_MAX, read_capped
 from imagekit.core.refs import validate_name
 from imagekit.errors import RecipeError
 from imagekit.guest.tarball import tarball_compression
+from imagekit.recipe.load_acceptance import boot_test, profile_check
 from imagekit.recipe.load_http import http_source
 from imagekit.recipe.load_resolve import resolve_spec
 from imagekit.recipe.model import (
@@ -83,7 +84,8 @@ def load_recipe_string(
         if not re.fullmatch(RECIPE.key(key).pattern, value):  # an override, or the host's
             raise RecipeError(f"{where}: invalid {key} {value!r}")
     values = {"name": name, "version": recipe_version, "arch": recipe_arch}
-    source = _source(top["source"], top["resolve"], values, base_dir or Path.cwd(), where)
+    folder = base_dir or Path.cwd()
+    source = _source(top["source"], top["resolve"], values, folder, where)
     _check_offered(name, recipe_version, offered_versions(top["version"], source), where)
     if pin:
         if not isinstance(source, HttpSource):
@@ -99,6 +101,8 @@ def load_recipe_string(
         description=top["description"],
         customize=top["customize"],
         pin=pin or "",
+        test=boot_test(top["test"], folder, where),
+        check=profile_check(top["check"], folder, where),
     )
 
 

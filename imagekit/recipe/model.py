@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imagekit.recipe.schema import DISK, HTTP, KICKSTART, SCRATCH
+from imagekit.recipe.schema import CHECK, DISK, HTTP, KICKSTART, SCRATCH, TEST
 from imagekit.verify.policy import PINNED, SIGNED, UNVERIFIED
 
 
@@ -137,6 +137,50 @@ Source = HttpSource | ScratchSource | RecipeSource | KickstartSource
 
 
 @dataclass(frozen=True)
+class CloudInit:
+    """``cloud_init`` of ``[test]``: the seed a boot test makes, as ``imagekit seed`` would."""
+
+    hostname: str = ""
+    user: str = ""
+    ssh_keys: tuple[Path, ...] = ()
+    packages: tuple[str, ...] = ()
+    runcmd: tuple[str, ...] = ()
+    user_data: Path | None = None
+    network_config: Path | None = None
+
+
+@dataclass(frozen=True)
+class BootTest:
+    """``[test]``: boot the built image until it is ready, before it is tagged.
+
+    Paths are resolved against the recipe's folder; durations are seconds, ``memory`` bytes.
+    An empty ``marker`` means the boot check's defaults (cloud-init's finished line, a login).
+    """
+
+    boot: bool = TEST.default("boot")
+    marker: str = ""
+    timeout: float = TEST.default("timeout")
+    inactivity: float = TEST.default("inactivity")
+    ssh: str = ""
+    ssh_user: str = ""
+    identity: Path | None = None
+    memory: int = TEST.default("memory")
+    vcpus: int = TEST.default("vcpus")
+    seed: Path | None = None
+    seedless: bool = TEST.default("seedless")
+    cloud_init: CloudInit | None = None
+
+
+@dataclass(frozen=True)
+class ProfileCheck:
+    """``[check]``: compare the built image with a profile; ``profile`` is a name or a file."""
+
+    profile: str
+    base_dir: Path
+    required: bool = CHECK.default("required")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A parsed, validated recipe. ``text`` is kept verbatim: it is part of the provenance."""
 
@@ -149,6 +193,8 @@ class Recipe:
     description: str = ""
     customize: tuple[Mapping[str, Any], ...] = ()
     pin: str = ""  # ``sha256:...`` from ``NAME:VERSION@sha256:...``: the exact image wanted
+    test: BootTest | None = None
+    check: ProfileCheck | None = None
 
     @property
     def digest(self) -> str:

@@ -287,6 +287,100 @@ RESOLVE = Table(
     ),
 )
 
+CLOUD_INIT = Table(
+    "cloud_init",
+    "`cloud_init` of `[test]`: a NoCloud seed made for the boot, as `imagekit seed` makes one",
+    (
+        Key("hostname", forms.LINE, "the guest's host name"),
+        Key("user", forms.LINE, "a user created with `ssh_keys` and passwordless sudo"),
+        Key("ssh_keys", forms.WORDS, "public key files to authorize, relative to the recipe"),
+        Key(
+            "packages", forms.WORDS, "packages installed at first boot (needs the guest's network)"
+        ),
+        Key("runcmd", forms.WORDS, "commands run once, at the end of first boot"),
+        Key(
+            "user_data",
+            forms.LINE,
+            "a `#cloud-config` of yours, relative to the recipe; the keys above extend it",
+        ),
+        Key(
+            "network_config",
+            forms.LINE,
+            "a cloud-init network-config (version 1 or 2), relative to the recipe",
+        ),
+    ),
+    example='{ hostname = "web1", user = "alice", ssh_keys = ["id.pub"] }',
+)
+
+TEST = Table(
+    "[test]",
+    "`[test]`: boot the built image once its last layer is built (docs/vm.md)",
+    (
+        Key(
+            "boot",
+            forms.FLAG,
+            "boot the image on a throwaway overlay; `false` keeps the block and boots nothing",
+            default=True,
+        ),
+        Key(
+            "marker",
+            forms.LINE,
+            "console text that means ready; default: cloud-init's `Cloud-init v. ... finished` "
+            "line or a login prompt",
+        ),
+        Key("timeout", forms.DURATION, "the guest must be ready within this", default="5m"),
+        Key(
+            "inactivity",
+            forms.DURATION,
+            "console and disk both idle this long fails the boot (not watched with `ssh`)",
+            default="2m",
+        ),
+        Key("ssh", forms.LINE, "ready when this command exits 0 over SSH, instead of a marker"),
+        Key("ssh_user", forms.LINE, "the user `ssh` logs in as"),
+        Key(
+            "identity",
+            forms.LINE,
+            "the private key `ssh` uses, relative to the recipe; default: one made for the boot",
+        ),
+        Key("memory", forms.SIZE, "the VM's memory", default="1G", minimum=64 << 20),
+        Key("vcpus", forms.COUNT, "the VM's CPUs", default=1, minimum=1, maximum=64),
+        Key(
+            "seed",
+            forms.LINE,
+            "a NoCloud seed ISO attached as a CD-ROM, relative to the recipe; not with "
+            "`cloud_init`",
+        ),
+        Key(
+            "seedless",
+            forms.FLAG,
+            "serve the `cloud_init` seed over HTTP (SMBIOS serial) instead of a CD-ROM",
+            default=False,
+        ),
+        Key("cloud_init", forms.TABLE, "a seed made for the boot", tables=(CLOUD_INIT,)),
+    ),
+)
+
+CHECK = Table(
+    "[check]",
+    "`[check]`: compare the built image with a profile of its edition (docs/vm.md)",
+    (
+        Key(
+            "profile",
+            forms.LINE,
+            "a profile name (`recipes/profiles/NAME.toml`) or a `.toml` file relative to the "
+            "recipe",
+            required=True,
+        ),
+        Key(
+            "required",
+            forms.FLAG,
+            "`true`: a failed required check of the profile fails the build; `false`: the "
+            "report is recorded and the build goes on",
+            default=True,
+        ),
+    ),
+)
+
 RECIPE = Table(
     "",
     "Top level",
@@ -324,6 +418,13 @@ RECIPE = Table(
         ),
         Key("resolve", forms.TABLE, "resolve the version upstream", tables=(RESOLVE,)),
         Key("customize", forms.STEPS, "build steps, one cached layer each (docs/customize.md)"),
+        Key("test", forms.TABLE, "boot the built image before it is tagged", tables=(TEST,)),
+        Key(
+            "check",
+            forms.TABLE,
+            "compare the built image with its edition before it is tagged",
+            tables=(CHECK,),
+        ),
     ),
 )
 
