@@ -15,6 +15,11 @@ packages=(
     syslinux mtools dosfstools  # the bootable test disk (tests/bootdisk.py), no loop device
     dropbear-bin              # the SSH server inside that test disk (boot --ssh test)
     strace                    # tests/reliability/test_durability.py traces the fsync/rename order of commits
+    # imagekit provision. Their postinst starts libvirtd only under systemd (/run/systemd/system),
+    # so they install in a container without an init system; the tests start their own libvirtd.
+    libvirt-daemon-system libvirt-daemon-driver-qemu
+    python3-libvirt           # libvirt-python, seen by .venv through the system site packages
+    virtinst                  # virt-install: tests check that provision --print's line is accepted
 )
 missing=()
 for package in "${packages[@]}"; do
