@@ -41,8 +41,8 @@ def check_local(uri: str) -> str:
     path = parts.path.rstrip("/")
     if parts.scheme not in _LOCAL_SCHEMES or parts.netloc or path not in ("/system", "/session"):
         raise RecipeError(
-            f"--connect {uri!r}: provision makes the VM's disk on this host, so it needs a "
-            "local qemu URI (qemu:///system, qemu:///session or qemu+unix:///system?socket=...)"
+            f"--connect {uri!r}: imagekit's VMs have their disks and roots on this host, so "
+            "give a local qemu URI (qemu:///system, qemu:///session, qemu+unix:///system?...)"
         )
     return uri
 

@@ -170,7 +170,10 @@ def provision(
     connect: ConnectOption = None,
     pool: Annotated[
         Path | None,
-        typer.Option(help="Directory for the VM's files (default: /var/lib/libvirt/images)."),
+        typer.Option(
+            help="Directory for the VM's files (default: /var/lib/libvirt/images on "
+            "qemu:///system, ~/.local/share/libvirt/images on a session)."
+        ),
     ] = None,
     copy: Annotated[
         bool, typer.Option("--copy", help="A standalone copy of the disk, not an overlay.")
