@@ -160,9 +160,13 @@ def default_store() -> Path:
         return Path(home).expanduser()
     if os.geteuid() == 0:
         return Path("/var/lib/imagekit")
+    return data_home() / "imagekit"
+
+
+def data_home() -> Path:
+    """$XDG_DATA_HOME (when absolute), else ~/.local/share."""
     xdg = os.environ.get("XDG_DATA_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share"
-    return base / "imagekit"
+    return Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share"
 
 
 def recipe_dirs(bundled: Path) -> list[Path]:

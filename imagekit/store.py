@@ -26,7 +26,16 @@ from imagekit.verify.trust import TrustPolicy
 # The workflows load their stages on first use: `imagekit --help` and a cache-hit pull must not
 # pay for the appliance, installer and download code (benchmarks/pull.py holds the start-up time).
 if TYPE_CHECKING:
-    from imagekit.boot import BootOptions, BootReport, SeedReport, SeedSpec
+    from imagekit.boot import (
+        BootOptions,
+        BootReport,
+        ProvisionOptions,
+        ProvisionReport,
+        RemoveReport,
+        SeedReport,
+        SeedSpec,
+        VmInfo,
+    )
     from imagekit.build import BuildResult
     from imagekit.check import CheckReport, Profile
     from imagekit.net.transport import Transport
@@ -282,6 +291,34 @@ class Store(Layout):
             image = self.image(ref)
             return check_image(self, image, loaded, progress=progress or ignore_progress)
 
+    def provision(
+        self,
+        ref: str,
+        options: ProvisionOptions,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> ProvisionReport:
+        """Define and start a libvirt VM on an overlay of a stored image (a gc root of kind
+        ``vm``) or, with ``copy``, on a standalone copy; ``print_only`` makes nothing and
+        reports the domain XML and the equivalent ``virt-install`` line."""
+        from imagekit.boot import provision
+
+        with self.shared_lock():
+            image = self.image(ref)
+            return provision(self, image, options, progress=progress or ignore_progress)
+
+    def vms(self, *, connect: str | None = None) -> list[VmInfo]:
+        """The libvirt domains imagekit provisioned on ``connect`` (None: libvirt's default)."""
+        from imagekit.boot import vms
+
+        return vms(self, connect)
+
+    def unprovision(self, name: str, *, connect: str | None = None) -> RemoveReport:
+        """Stop, undefine and delete a VM :meth:`provision` made, and drop its root."""
+        from imagekit.boot import unprovision
+
+        return unprovision(self, name, connect)
+
     @staticmethod
     def seed(dest: Path, spec: SeedSpec) -> SeedReport:
         """Write a NoCloud seed ISO for ``spec`` to ``dest``; nothing of it enters the store."""
@@ -357,7 +394,8 @@ class Store(Layout):
         return self.untag(ref)
 
     def roots(self) -> list[Root]:
-        """Files outside the store that back onto its blobs (``export --link``), by path."""
+        """Files outside the store that back onto its blobs (``export --link``, ``provision``),
+        by path."""
         return roots.load_all(self)
 
     def root_stale_reason(self, root: Root) -> str | None:

@@ -17,6 +17,11 @@ packages=(
     strace                    # tests/reliability/test_durability.py traces the fsync/rename order of commits
     skopeo                    # registry interop tests and the oci benchmark's baseline
     apache2-utils             # htpasswd for the registry auth tests
+    # imagekit provision. Their postinst starts libvirtd only under systemd (/run/systemd/system),
+    # so they install in a container without an init system; the tests start their own libvirtd.
+    libvirt-daemon-system libvirt-daemon-driver-qemu
+    python3-libvirt           # libvirt-python, seen by .venv through the system site packages
+    virtinst                  # virt-install: tests check that provision --print's line is accepted
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -1,10 +1,11 @@
 """Roots: files outside the store that need its blobs, so gc keeps what they back onto.
 
-A thin overlay made by ``export --link`` (and later a VM disk) names a stored blob as its qcow2
-backing file; nothing in ``index.json`` knows about it, so without a record ``rm`` then ``gc``
-would delete the chain under a running VM. Each outside file has one JSON record,
-``roots/<sha256 of its path>.json``, written atomically. gc marks from every record whose file
-still backs onto the store and drops the others (the file is gone, or was rebased or flattened).
+A thin overlay made by ``export --link`` (or a VM's disk made by ``provision``) names a stored
+blob as its qcow2 backing file; nothing in ``index.json`` knows about it, so without a record
+``rm`` then ``gc`` would delete the chain under a running VM. Each outside file has one JSON
+record, ``roots/<sha256 of its path>.json``, written atomically. gc marks from every record
+whose file still backs onto the store and drops the others (the file is gone, or was rebased
+or flattened).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Root:
     """One outside user of stored blobs: its absolute path and what it needs kept."""
 
     path: Path
-    kind: str  # "link": a thin overlay made by export --link
+    kind: str  # "link": an overlay made by export --link; "vm": a VM disk made by provision
     manifest: str  # the image it was made from
     blobs: tuple[str, ...]  # the blobs its backing chain needs (the image's disk layers)
     ref: str | None  # the ref the image had when the root was made
@@ -97,7 +98,7 @@ class Root:
         )
 
 
-_COMMANDS = {"link": "export --link"}
+_COMMANDS = {"link": "export --link", "vm": "provision"}
 
 
 def add(layout: Layout, root: Root) -> Root:
