@@ -199,19 +199,31 @@ class Store(Layout):
         progress: ProgressCallback | None = None,
         transport: Transport | None = None,
         sign_key: Path | None = None,
+        cache_from: str | None = None,
+        cache_to: str | None = None,
+        insecure: bool = False,
         **network: Unpack[http.NetworkOptions],
     ) -> BuildResult:
         """Build a recipe: its base, then one cached qcow2 layer per customize step.
 
         ``network`` is as for :meth:`pull` (the base's download, an installer ISO). With
         ``sign_key`` the tagged result is signed (:meth:`sign`); the key is opened first, so a
-        wrong passphrase fails before the build, not after it.
+        wrong passphrase fails before the build, not after it. ``cache_from`` / ``cache_to``
+        (``oci://HOST/REPO``) share the layers through a registry (docs/build.md); the cache
+        manifests pushed are signed with ``sign_key`` too, and the store's trust policy says
+        which lookups need a signature. ``insecure`` allows plain http to that registry.
         """
         from imagekit.build import Builder, build
+        from imagekit.build.remote import CacheOptions, RemoteCache
 
         key = self._signing_key(sign_key, None) if sign_key is not None else None
         loaded = load_recipe(recipe) if isinstance(recipe, str) else recipe
-        builder = Builder(self._session(progress, network, transport), use_cache)
+        session = self._session(progress, network, transport)
+        remote = None
+        if cache_from or cache_to:
+            options = CacheOptions(cache_from, cache_to, insecure, transport, self.trust, key)
+            remote = RemoteCache(self, options, session.progress)
+        builder = Builder(session, use_cache, remote)
         result = build(builder, loaded, tag=tag)
         if key is not None:
             from imagekit.verify import stored

@@ -19,6 +19,7 @@ from imagekit import catalog, customize, provenance
 from imagekit.build import acceptance
 from imagekit.build.cache import BuildCache
 from imagekit.build.layers import LayerReport, Layers, StepRun, apply_steps
+from imagekit.build.remote import RemoteCache
 from imagekit.core.digest import file_digest, hexpart, identity
 from imagekit.core.refs import parse_ref
 from imagekit.image import Image
@@ -49,6 +50,7 @@ class Builder:
 
     session: http.Session
     use_cache: bool = True
+    remote: RemoteCache | None = None  # a registry's shared build cache (--cache-from/-to)
 
     @property
     def cache(self) -> BuildCache:
@@ -56,7 +58,9 @@ class Builder:
 
     def step_run(self, base_dir: Path) -> StepRun:
         session = self.session
-        return StepRun(session.layout, self.cache, base_dir, self.use_cache, session.progress)
+        return StepRun(
+            session.layout, self.cache, base_dir, self.use_cache, session.progress, self.remote
+        )
 
 
 def build(builder: Builder, recipe: Recipe, *, tag: str | None = None) -> BuildResult:
@@ -80,6 +84,8 @@ def build(builder: Builder, recipe: Recipe, *, tag: str | None = None) -> BuildR
         base_dir = recipe.path.parent if recipe.path else Path.cwd()
         run = builder.step_run(base_dir)
         added = apply_steps(run, base, steps, reports)
+        if builder.remote is not None:
+            builder.remote.publish([r["key"] for r in added.records], added.disks)
         key = identity(
             {
                 "recipe": recipe.digest,

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagekit import customize
 from imagekit.build.cache import BuildCache
@@ -26,15 +26,20 @@ from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.media import DISK_FORMATS, MEDIA_DISK_QCOW2, PARENT_ANNOTATION
 from imagekit.progress import ProgressCallback, ProgressEvent
 
+if TYPE_CHECKING:
+    from imagekit.build.remote import RemoteCache
+
 
 @dataclass(frozen=True)
 class LayerReport:
-    """What one layer of a build cost: ``cached`` layers made no launch."""
+    """What one layer of a build cost: ``cached`` layers made no launch; ``note`` says where a
+    layer came from when not from here (a remote cache), or why a remote entry was refused."""
 
     name: str
     digest: str
     cached: bool
     seconds: float
+    note: str = ""
 
 
 @dataclass
@@ -55,6 +60,7 @@ class StepRun:
     base_dir: Path
     use_cache: bool
     progress: ProgressCallback
+    remote: RemoteCache | None = None  # looked up after a local miss, before any launch
 
 
 def apply_steps(
@@ -75,6 +81,10 @@ def apply_steps(
         # finds the first one's layer in the cache (one layer per step, both refs).
         with layout.digest_lock(f"build-{hexpart(key)}"):
             hit = cache.get(key) if run.use_cache else None
+            note = ""
+            if hit is None and run.use_cache and run.remote is not None:
+                found = run.remote.find(key, parent)  # into the local cache when accepted
+                hit, note = found.layer, found.note
             if hit is not None:
                 layer = hit
                 record.update(cache.record(key))
@@ -91,7 +101,7 @@ def apply_steps(
         record["digest"] = layer.digest
         added.records.append(record)
         seconds = round(time.monotonic() - started, 3)
-        reports.append(LayerReport(f"step {number}", layer.digest, hit is not None, seconds))
+        reports.append(LayerReport(f"step {number}", layer.digest, hit is not None, seconds, note))
         parent = layer
     return added
 

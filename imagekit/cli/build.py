@@ -33,6 +33,17 @@ def build(
     sign_key: Annotated[
         Path | None, typer.Option("--sign-key", help="Sign the result with this PEM key.")
     ] = None,
+    cache_from: Annotated[
+        str | None,
+        typer.Option("--cache-from", help="Look layers up in this registry: oci://HOST/REPO."),
+    ] = None,
+    cache_to: Annotated[
+        str | None,
+        typer.Option("--cache-to", help="Publish every layer to this registry: oci://HOST/REPO."),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Plain http to a cache registry off loopback.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Build a recipe: its base, then one cached qcow2 layer per customize step."""
@@ -45,6 +56,9 @@ def build(
             use_cache=not no_cache,
             progress=progress,
             sign_key=sign_key,
+            cache_from=cache_from,
+            cache_to=cache_to,
+            insecure=insecure,
         )
     _print_build(result, as_json)
 
@@ -125,7 +139,8 @@ def _print_build(result: Any, as_json: bool) -> None:
         return
     for report in result.layers:
         state = "cached" if report.cached else "built"
-        typer.echo(f"{state:>6} {report.seconds:7.1f}s {report.digest[:19]} {report.name}")
+        note = f" ({report.note})" if report.note else ""
+        typer.echo(f"{state:>6} {report.seconds:7.1f}s {report.digest[:19]} {report.name}{note}")
     for user, password in result.generated_passwords.items():
         typer.echo(f"generated password for {user}: {password}")
     typer.echo(f"{image.ref} {image.disk_digest}\n{image.path}")
