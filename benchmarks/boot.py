@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from common import log, machine, met, stats, terminate
+from common import run as run_grouped
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 1.1  # imagekit / by hand, at most
@@ -46,30 +47,8 @@ MEMORY = "256"
 
 def imagekit(*args: str, env: dict[str, str], timeout: float) -> tuple[float, str]:
     """Run the CLI as a whole process in its own group; wall seconds and stdout."""
-    command = [sys.executable, "-m", "imagekit", *args]
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        command,
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    seconds = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(command)} failed ({proc.returncode}): {err.decode()[-2000:]}"
-        )
-    return seconds, out.decode()
+    done = run_grouped([sys.executable, "-m", "imagekit", *args], env, timeout)
+    return done.seconds, done.stdout
 
 
 def by_hand(argv: list[str], blob: Path, work: Path, timeout: float) -> float:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import log, met, stats, terminate
+from common import log, met, run, stats, terminate
 from common import machine as common_machine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,43 +96,6 @@ def virt_customize_args() -> list[str]:
 
 
 # --- running things --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Done:
-    seconds: float
-    stdout: str
-
-
-def run(command: Sequence[str], env: dict[str, str], timeout: float, *, check: bool = True) -> Done:
-    """Run ``command`` in its own process group, timed; on timeout or error kill that group.
-
-    virt-customize and imagekit start qemu as a child: killing the group ends the appliance too.
-    """
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        command,
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    elapsed = time.perf_counter() - start
-    if check and proc.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(command)} failed ({proc.returncode}):\n"
-            + err.decode(errors="replace")[-4000:]
-        )
-    return Done(elapsed, out.decode(errors="replace"))
 
 
 def _version(*command: str) -> str:
