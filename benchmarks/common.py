@@ -101,3 +101,47 @@ def run(command: Sequence[str], env: dict[str, str], timeout: float, *, check: b
             + err.decode(errors="replace")[-4000:]
         )
     return Done(elapsed, out.decode(errors="replace"))
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One row of a benchmark's summary: a figure, its baseline from the same run, the target.
+
+    ``ratio`` is the median of the paired per-run ratios (figure/baseline), the number a target
+    is judged on; ``target`` reads like "<= 0.35x" and ``ok`` says whether it holds.
+    """
+
+    name: str
+    median_s: float
+    baseline: str
+    baseline_s: float | None
+    ratio: float | None
+    target: str
+    ok: bool
+
+
+def paired_ratio(samples: list[float], baselines: list[float]) -> float:
+    """Median of run-by-run ratios: runs that shared the machine's noise are compared."""
+    return statistics.median(a / b for a, b in zip(samples, baselines, strict=True))
+
+
+def summary_table(figures: Sequence[Figure]) -> str:
+    """The table every benchmark ends with: figure, baseline in the same run, ratio, target."""
+    rows = [("figure", "median", "baseline (same run)", "baseline", "ratio", "target", "")]
+    for f in figures:
+        rows.append(
+            (
+                f.name,
+                f"{f.median_s:.3f} s",
+                f.baseline,
+                "" if f.baseline_s is None else f"{f.baseline_s:.3f} s",
+                "" if f.ratio is None else f"{f.ratio:.2f}x",
+                f.target,
+                met(f.ok),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
