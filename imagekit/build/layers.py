@@ -109,7 +109,7 @@ def apply_steps(
 def _run_step(
     run: StepRun, chain: Sequence[Descriptor], step: customize.Step
 ) -> tuple[Descriptor, dict[str, Any]]:
-    """One launch: overlay on the chain's top, grow if asked, apply, hash, commit."""
+    """One launch: overlay on the chain's top, grow if asked, apply, compact, hash, commit."""
     layout = run.layout
     parent = chain[-1]
     workdir = layout.new_temp()
@@ -144,9 +144,11 @@ def _run_step(
             handle.shutdown()
         finally:
             handle.close()
+        compact = workdir / "compact.qcow2"  # what the step allocated, compressed: docs/build.md
+        qemu_img.compact_layer(overlay, compact, hexpart(parent.digest), parent_format)
         layer = layout.commit_file(
-            overlay,
-            file_digest(overlay),
+            compact,
+            file_digest(compact),
             MEDIA_DISK_QCOW2,
             annotations={PARENT_ANNOTATION: parent.digest},
         )
