@@ -9,8 +9,8 @@ other files. Commands on store content (``create_overlay``, ``convert``) fail wi
 Layers are thin in two stages (docs/build.md, "The layer format"). A step writes into an overlay
 of 64 KiB clusters split into 32 subclusters (``extended_l2``), so a guest write allocates and
 copies 2 KiB of its cluster, not 64 KiB. ``compact_layer`` then rewrites that overlay as the
-stored layer: only what it allocated, in zlib-compressed clusters of the size that keeps qcow2's
-fixed tables smallest for the disk's virtual size.
+stored layer: only what it allocated, in clusters of the size that keeps qcow2's fixed tables
+smallest for the disk's virtual size, zlib-compressed when the layer is small.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ ADDRESS_SPACE = 1 << 30
 TIMEOUT = 60  # wall clock: catches a qemu-img blocked on I/O, which burns no CPU
 OVERLAY_OPTIONS = "cluster_size=65536,extended_l2=on"  # 2 KiB subclusters; qemu >= 5.2
 LAYER_CLUSTER_SIZES = (2048, 4096, 8192, 16384, 32768, 65536)
+COMPRESS_BELOW = 1 << 20  # bytes of an uncompressed layer; benchmarks/README.md has the trade
 _PERCENT = re.compile(r"\((\d+(?:\.\d+)?)/100%\)")
 
 
@@ -64,15 +65,26 @@ def create_overlay(path: Path, backing: str, backing_fmt: str) -> None:
 def compact_layer(overlay: Path, layer: Path, backing: str, backing_fmt: str) -> None:
     """Rewrite a step's ``overlay`` as ``layer`` on the same ``backing``: its own data only.
 
-    The same overlay bytes give the same layer bytes: clusters are written in order (no
-    ``-W``), compressed with zlib, and the cluster size follows from the virtual size alone.
+    A layer under ``COMPRESS_BELOW`` is written again with zlib-compressed clusters: there
+    qcow2's fixed tables outweigh the data, and reading it back costs little; a bigger layer
+    stays uncompressed, because decompressing is what would slow reads of a long chain. The
+    same overlay bytes give the same layer bytes: clusters are written in order (no ``-W``),
+    and the cluster size and whether to compress follow from the overlay alone.
     """
     _check_parent(layer, backing, backing_fmt)
-    size = probe(overlay).virtual_size or 0
-    options = f"cluster_size={layer_cluster_size(size)},compression_type=zlib"
-    parent = ("-B", backing, "-F", backing_fmt)
-    args = ("convert", "-q", "-c", "-f", "qcow2", "-O", "qcow2", "-o", options, *parent)
-    _run((*args, _filename(overlay), _filename(layer)), what=f"compacting {overlay} into a layer")
+    cluster = layer_cluster_size(probe(overlay).virtual_size or 0)
+    _write_layer(overlay, layer, backing, backing_fmt, cluster, compress=False)
+    if layer.stat().st_size < COMPRESS_BELOW:
+        _write_layer(overlay, layer, backing, backing_fmt, cluster, compress=True)
+
+
+def _write_layer(
+    overlay: Path, layer: Path, backing: str, backing_fmt: str, cluster: int, *, compress: bool
+) -> None:
+    options = f"cluster_size={cluster},compression_type=zlib"
+    args = ["convert", "-q", "-f", "qcow2", "-O", "qcow2", "-o", options, "-B", backing]
+    args += ["-F", backing_fmt, *(["-c"] if compress else []), _filename(overlay), _filename(layer)]
+    _run(args, what=f"compacting {overlay} into a layer")
 
 
 def layer_cluster_size(virtual_size: int) -> int:
