@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,27 +56,42 @@ def own_extents(layer: Path) -> list[tuple[int, int]]:
 
 def changed_bytes(layer: Path, parent: Path, parent_format: str = "qcow2") -> Changed:
     """Compare ``layer`` (a qcow2 on ``parent``) with ``parent`` sector by sector where it maps."""
-    extents = own_extents(layer)
+    return chain_changes(parent, [layer], parent_format)[0]
+
+
+def chain_changes(base: Path, layers: Sequence[Path], base_format: str = "qcow2") -> list[Changed]:
+    """``changed_bytes`` of each layer of a chain on ``base``, reading each level whole once."""
     with tempfile.TemporaryDirectory(prefix="layerbytes-") as temp:
-        top, below = Path(temp) / "layer.raw", Path(temp) / "parent.raw"
-        for src, fmt, dst in ((layer, "qcow2", top), (parent, parent_format, below)):
-            subprocess.run(
-                ["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", str(src), str(dst)],
-                check=True,
-            )
-        data = zeroed = 0
-        with top.open("rb") as new, below.open("rb") as old:
-            for offset, length in extents:
-                for start in range(offset, offset + length, _CHUNK):
-                    size = min(_CHUNK, offset + length - start)
-                    new.seek(start)
-                    old.seek(start)
-                    ours, theirs = new.read(size), old.read(size)
-                    for at in range(0, len(ours), SECTOR):
-                        sector = ours[at : at + SECTOR]
-                        if sector != theirs[at : at + SECTOR]:
-                            if sector == _ZERO[: len(sector)]:
-                                zeroed += len(sector)
-                            else:
-                                data += len(sector)
+        below = _raw(base, base_format, Path(temp) / "0.raw")
+        out = []
+        for number, layer in enumerate(layers, 1):
+            top = _raw(layer, "qcow2", Path(temp) / f"{number}.raw")
+            out.append(_compare(top, below, own_extents(layer)))
+            below.unlink()
+            below = top
+    return out
+
+
+def _raw(disk: Path, fmt: str, dest: Path) -> Path:
+    command = ["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", str(disk), str(dest)]
+    subprocess.run(command, check=True)
+    return dest
+
+
+def _compare(top: Path, below: Path, extents: list[tuple[int, int]]) -> Changed:
+    data = zeroed = 0
+    with top.open("rb") as new, below.open("rb") as old:
+        for offset, length in extents:
+            for start in range(offset, offset + length, _CHUNK):
+                size = min(_CHUNK, offset + length - start)
+                new.seek(start)
+                old.seek(start)
+                ours, theirs = new.read(size), old.read(size)
+                for at in range(0, len(ours), SECTOR):
+                    sector = ours[at : at + SECTOR]
+                    if sector != theirs[at : at + SECTOR]:
+                        if sector == _ZERO[: len(sector)]:
+                            zeroed += len(sector)
+                        else:
+                            data += len(sector)
     return Changed(data, zeroed, sum(length for _, length in extents))
