@@ -92,7 +92,7 @@ def layer_cluster_size(virtual_size: int) -> int:
 
     Every layer holds a header, a refcount table and a refcount block (a cluster each) and an
     L1 table of ``64 * virtual_size / cluster_size**2`` bytes (one 8-byte entry per L2 table of
-    ``cluster_size / 8`` entries), in whole clusters: 2 KiB for a 256 MiB disk, 8 KiB at 20 GiB.
+    ``cluster_size / 8`` entries), in whole clusters: 2 KiB below 704 MiB, 8 KiB at 20 GiB.
     """
 
     def fixed(cluster: int) -> int:
