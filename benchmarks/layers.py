@@ -230,16 +230,19 @@ def real_step(work: Path) -> dict[str, Any]:
 
 
 def figures(r: dict[str, Any]) -> list[Figure]:
-    wall = r["chain"]["wall"]
     rows = []
-    for shape in SHAPES:
-        flat = wall[f"{shape} flat"]
-        for kind, target in (("thin", "<= 1.2x"), ("64K", "reference")):
-            samples = wall[f"{shape} {kind}"]
-            ratio = paired_ratio(samples, flat)
-            ok = ratio <= 1.2 if kind == "thin" else True
-            name = f"read {LAYERS} {shape} layers, {kind}"
-            rows.append(Figure(name, median(samples), "flattened", median(flat), ratio, target, ok))
+    for clock in ("wall", "cpu"):  # qemu-img's CPU time: the steadier figure on a loaded host
+        times = r["chain"][clock]
+        for shape in SHAPES:
+            flat = times[f"{shape} flat"]
+            for kind, target in (("thin", "<= 1.2x"), ("64K", "reference")):
+                samples = times[f"{shape} {kind}"]
+                ratio = paired_ratio(samples, flat)
+                ok = ratio <= 1.2 if kind == "thin" else True
+                name = f"read {LAYERS} {shape} layers, {kind} ({clock})"
+                rows.append(
+                    Figure(name, median(samples), "flattened", median(flat), ratio, target, ok)
+                )
     for shape, layers in r["chain"]["layers"].items():
         changed = sum(x["changed"] for x in layers)
         for kind, target in (("thin", "<= 1.1x"), ("today", "reference")):
