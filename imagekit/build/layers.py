@@ -144,7 +144,7 @@ def _run_step(
             handle.shutdown()
         finally:
             handle.close()
-        compact = workdir / "compact.qcow2"  # what the step allocated, compressed: docs/build.md
+        compact = workdir / "compact.qcow2"  # the step's own data only: docs/build.md
         qemu_img.compact_layer(overlay, compact, hexpart(parent.digest), parent_format)
         layer = layout.commit_file(
             compact,
