@@ -40,25 +40,18 @@ from common import REPO, Figure, log, machine, paired_ratio, summary_table, term
 sys.path.insert(0, str(REPO))
 
 from imagekit.disk import qemu_img
-from tests.layerbytes import TEN_OPERATIONS, chain_changes, changed_bytes
+from tests.layerbytes import (
+    TEN_OPERATIONS,
+    Write,
+    chain_changes,
+    changed_bytes,
+    metadata_like,
+    write_with_qemu_io,
+)
 
 LAYERS = 5
 TODAY = "cluster_size=65536"  # a plain overlay, as create_overlay made it before thin layers
 median = statistics.median
-WORDS = b"root inode dir_entry lost+found etc passwd hostname journal block group bitmap ".split()
-
-
-@dataclass(frozen=True)
-class Write:
-    offset: int
-    data: bytes
-
-
-def metadata_like(rng: random.Random, size: int) -> bytes:
-    out = bytearray()
-    while len(out) < size * 3 // 4:
-        out += rng.randbytes(8) + b" ".join(rng.choices(WORDS, k=6)) + b"\n"
-    return bytes(out[:size]).ljust(size, b"\0")
 
 
 SHAPES = {  # records of 1-4 KiB in how many places, 1 MiB files (every other one random)
@@ -82,17 +75,6 @@ def step_writes(seed: int, disk_size: int, shape: str) -> list[Write]:
         data = rng.randbytes(1 << 20) if number % 2 else metadata_like(rng, 1 << 20)
         writes.append(Write(offset, data))
     return writes
-
-
-def qemu_io(disk: Path, work: Path, writes: list[Write]) -> None:
-    commands = []
-    for number, write in enumerate(writes):
-        source = work / f"w{number}.bin"
-        source.write_bytes(write.data)
-        commands += ["-c", f"write -q -s {source} {write.offset} {len(write.data)}"]
-    subprocess.run(["qemu-io", "-f", "qcow2", *commands, str(disk)], check=True)
-    for number in range(len(writes)):
-        (work / f"w{number}.bin").unlink()
 
 
 def make_base(directory: Path, size_mb: int) -> Path:
@@ -119,7 +101,7 @@ def make_chain(directory: Path, base: Path, thin: bool, disk_size: int, shape: s
         else:
             create = ["qemu-img", "create", "-q", "-f", "qcow2", "-o", TODAY, "-F", "qcow2"]
             subprocess.run([*create, "-b", parent, overlay], check=True)
-        qemu_io(overlay, directory, step_writes(number, disk_size, shape))
+        write_with_qemu_io(overlay, step_writes(number, disk_size, shape))
         if thin:
             qemu_img.compact_layer(overlay, layer, parent, "qcow2")
             overlay.unlink()

@@ -11,6 +11,7 @@ disk is written in, so no rounding of the guest's writes counts as "changed".
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ TEN_OPERATIONS = {
     "ssh_inject": ["root:string:ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIThinLayerTestKeyOnly0"],
     "firstboot_command": ["echo first boot"],
 }
+WORDS = b"root inode dir_entry lost+found etc passwd hostname journal block group bitmap ".split()
 SECTOR = 512
 _ZERO = bytes(SECTOR)
 _CHUNK = 1 << 20
@@ -41,6 +43,35 @@ class Changed:
     data: int  # bytes of sectors that differ from the parent and hold data
     zeroed: int  # bytes of sectors that differ from the parent and read as zeros now
     mapped: int  # bytes the layer maps itself (data or zero), sector-granular or coarser
+
+
+@dataclass(frozen=True)
+class Write:
+    """Known change for a layer, written by qemu-io where a guest would write it."""
+
+    offset: int
+    data: bytes
+
+
+def metadata_like(rng: random.Random, size: int) -> bytes:
+    """What a filesystem step mostly writes: small records, names, counters, zero padding."""
+    out = bytearray()
+    while len(out) < size * 3 // 4:
+        out += rng.randbytes(8) + b" ".join(rng.choices(WORDS, k=6)) + b"\n"
+    return bytes(out[:size]).ljust(size, b"\0")
+
+
+def write_with_qemu_io(disk: Path, writes: Sequence[Write], *, zero: Sequence[int] = ()) -> None:
+    """Write ``writes`` (and 64 KiB of zeros at each of ``zero``) into the qcow2 ``disk``."""
+    with tempfile.TemporaryDirectory(prefix="layerbytes-") as temp:
+        commands, sources = [], {}  # a file per distinct data: 1 GiB of one fill is one file
+        for write in writes:
+            if (source := sources.get(write.data)) is None:
+                source = sources[write.data] = Path(temp) / f"{len(sources)}.bin"
+                source.write_bytes(write.data)
+            commands += ["-c", f"write -q -s {source} {write.offset} {len(write.data)}"]
+        commands += [arg for offset in zero for arg in ("-c", f"write -q -z {offset} 64k")]
+        subprocess.run(["qemu-io", "-f", "qcow2", *commands, str(disk)], check=True)
 
 
 def own_extents(layer: Path) -> list[tuple[int, int]]:

@@ -21,26 +21,17 @@ from imagekit.store import Store
 from tests import guestimage
 from tests.events import Events
 from tests.guestimage import GuestImage
-from tests.layerbytes import TEN_OPERATIONS, changed_bytes
+from tests.layerbytes import (
+    TEN_OPERATIONS,
+    Write,
+    changed_bytes,
+    metadata_like,
+    write_with_qemu_io,
+)
 
 guest_image = guestimage.guest_image  # the session fixture, shared with test_customize.py
 
 SIZE = 256 << 20
-WORDS = b"root inode dir_entry lost+found etc passwd hostname journal block group bitmap ".split()
-
-
-@dataclass(frozen=True)
-class Write:
-    offset: int
-    data: bytes
-
-
-def metadata_like(rng: random.Random, size: int) -> bytes:
-    """What a filesystem step mostly writes: small records, names, counters, zero padding."""
-    out = bytearray()
-    while len(out) < size * 3 // 4:
-        out += rng.randbytes(8) + b" ".join(rng.choices(WORDS, k=6)) + b"\n"
-    return bytes(out[:size]).ljust(size, b"\0")
 
 
 def writes(seed: int, kind: str) -> list[Write]:
@@ -66,29 +57,16 @@ def make_parent(directory: Path) -> Path:
     """A 256 MiB qcow2 whose first 208 MiB hold random data, so every change really differs."""
     parent = directory / "parent.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(parent), str(SIZE)], check=True)
-    fill = directory / "fill"
-    fill.write_bytes(random.Random(0).randbytes(1 << 20))
-    commands = [f"write -q -s {fill} {mib << 20} 1M" for mib in range(208)]
-    qemu_io(parent, commands)
+    fill = random.Random(0).randbytes(1 << 20)
+    write_with_qemu_io(parent, [Write(mib << 20, fill) for mib in range(208)])
     return parent
-
-
-def qemu_io(disk: Path, commands: list[str]) -> None:
-    args = [arg for command in commands for arg in ("-c", command)]
-    subprocess.run(["qemu-io", "-f", "qcow2", *args, str(disk)], check=True)
 
 
 def layer_with(directory: Path, parent: Path, changes: list[Write], name: str) -> Path:
     """A step's two qemu-img calls around ``changes``, written by qemu-io instead of a guest."""
     overlay, layer = directory / f"{name}-overlay.qcow2", directory / f"{name}.qcow2"
     qemu_img.create_overlay(overlay, parent.name, "qcow2")
-    commands = []
-    for number, change in enumerate(changes):
-        source = directory / f"{name}-{number}.bin"
-        source.write_bytes(change.data)
-        commands.append(f"write -q -s {source} {change.offset} {len(change.data)}")
-    commands.append(f"write -q -z {150 << 20} 64k")  # a zeroed range: an L2 entry, no data
-    qemu_io(overlay, commands)
+    write_with_qemu_io(overlay, changes, zero=[150 << 20])  # zeroed: an L2 entry, no data
     qemu_img.compact_layer(overlay, layer, parent.name, "qcow2")
     return layer
 
