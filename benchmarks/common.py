@@ -118,6 +118,7 @@ class Figure:
     ratio: float | None
     target: str
     ok: bool
+    unit: str = "s"  # of median_s and baseline_s: a figure that is not a time ("MB") says so
 
 
 def paired_ratio(samples: list[float], baselines: list[float]) -> float:
@@ -132,9 +133,9 @@ def summary_table(figures: Sequence[Figure]) -> str:
         rows.append(
             (
                 f.name,
-                f"{f.median_s:.3f} s",
+                f"{f.median_s:.3f} {f.unit}",
                 f.baseline,
-                "" if f.baseline_s is None else f"{f.baseline_s:.3f} s",
+                "" if f.baseline_s is None else f"{f.baseline_s:.3f} {f.unit}",
                 "" if f.ratio is None else f"{f.ratio:.2f}x",
                 f.target,
                 met(f.ok),
