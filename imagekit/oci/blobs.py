@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import http.client
 import json
 import os
 import queue
@@ -20,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, TYPE_CHECKING, TypeVar
 
 from imagekit.core import atomic
 from imagekit.core.digest import hexpart, identity
@@ -30,9 +31,12 @@ from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.registry import PIECE, FileChunk, RangeMismatch, Registry, fail
 from imagekit.progress import ProgressCallback, ProgressEvent
 
+if TYPE_CHECKING:
+    import requests
+
 _PROGRESS_INTERVAL = 0.1
 _HINTS_MAX = 20000
-_QUEUED = 8  # pieces waiting for the hashing thread: 8 MiB at most
+_BUFFERS = 8  # pieces read ahead of the hashing thread: 8 MiB at most
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
 _R = TypeVar("_R")
 
@@ -224,22 +228,38 @@ class _Upload:
 class _Hasher:
     """sha256 on a thread of its own, so a blob is hashed while its next piece arrives.
 
-    hashlib lets go of the GIL on large buffers; at most ``_QUEUED`` pieces wait to be hashed,
-    so memory stays bounded. The pieces are immutable bytes (or views of them): never copied.
+    Pieces are read into a pool of ``_BUFFERS`` reused buffers (no allocation, no copy per
+    piece); a buffer goes back to the pool once hashed, so at most the pool waits to be hashed
+    and memory stays bounded. hashlib lets go of the GIL on large buffers.
     """
 
     def __init__(self) -> None:
         self._sha = hashlib.sha256()
-        self._queue: queue.Queue[bytes | memoryview | None] = queue.Queue(_QUEUED)
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(_BUFFERS):
+            self._free.put(bytearray(PIECE))
+        self._queue: queue.SimpleQueue[tuple[memoryview, bytearray] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="imagekit-hash", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while (piece := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
+            piece, buffer = item
             self._sha.update(piece)
+            piece.release()
+            self._free.put(buffer)
 
-    def update(self, piece: bytes | memoryview) -> None:
-        self._queue.put(piece)
+    def buffer(self) -> bytearray:
+        """A buffer to read the next piece into; waits while every one is still to be hashed."""
+        return self._free.get()
+
+    def give_back(self, buffer: bytearray) -> None:
+        """A buffer that holds nothing to hash (a read that ended or failed)."""
+        self._free.put(buffer)
+
+    def update(self, piece: memoryview, buffer: bytearray) -> None:
+        """Hash ``piece``, a view of ``buffer``, which returns to the pool once hashed."""
+        self._queue.put((piece, buffer))
 
     def hexdigest(self) -> str:
         """The digest of every piece given; the hasher is finished afterwards."""
@@ -250,6 +270,9 @@ class _Hasher:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+
+
+Reader = Callable[[bytearray], int]  # readinto: fills a buffer, returns the count (0: the end)
 
 
 class Partial:
@@ -265,9 +288,8 @@ class Partial:
 
     def _adopt(self) -> None:
         """Take over what a killed pull left, unless it is longer than the blob can be."""
-        while piece := os.read(self._fd, PIECE):
-            self._hash.update(piece)
-            self.size += len(piece)
+        while n := self._piece(functools.partial(_read_file, self._fd), append=False):
+            self.size += n
         if self.size > self.desc.size:
             self.reset()
         self.adopted = self.size
@@ -279,20 +301,41 @@ class Partial:
         self._hash = _Hasher()
         self.size = self.adopted = 0
 
-    def write(self, data: bytes) -> None:
+    def fill(self, read: Reader) -> int:
+        """Read the next piece of the blob with ``read``, write and hash it; 0 at the end."""
+        n = self._piece(read, append=True)
+        self.size += n
+        self.received += n
+        return n
+
+    def _piece(self, read: Reader, *, append: bool) -> int:
+        """One piece read into a pooled buffer, appended to the file if ``append``, hashed."""
+        hasher = self._hash  # a refused piece resets the Partial, and with it the hasher
+        buffer = hasher.buffer()
+        try:
+            n = read(buffer)
+            if n and append:
+                self.write(memoryview(buffer)[:n])
+        except BaseException:
+            hasher.give_back(buffer)
+            raise
+        if not n:
+            hasher.give_back(buffer)
+            return 0
+        hasher.update(memoryview(buffer)[:n], buffer)
+        return n
+
+    def write(self, data: memoryview) -> None:
+        """Append ``data`` to the file (the caller hashes it and counts it)."""
         if self.size + len(data) > self.desc.size:
             self.discard()
             raise VerificationError(
                 f"blob {self.desc.digest} is longer than the {self.desc.size} bytes its manifest "
                 "says; the registry serves other bytes, nothing was stored"
             )
-        view = memoryview(data)
-        while view:
-            n = _guarded(self.path, functools.partial(os.write, self._fd, view))
-            self._hash.update(view[:n])
-            self.size += n
-            self.received += n
-            view = view[n:]
+        while data:
+            n = _guarded(self.path, functools.partial(os.write, self._fd, data))
+            data = data[n:]
 
     def finish(self) -> None:
         """Refuse the bytes unless their size and digest are the descriptor's; then fsync."""
@@ -313,6 +356,10 @@ class Partial:
     def close(self) -> None:
         self._hash.stop()
         os.close(self._fd)
+
+
+def _read_file(fd: int, buffer: bytearray) -> int:
+    return os.readv(fd, [buffer])
 
 
 def download(
@@ -361,11 +408,19 @@ def _get_rest(registry: Registry, repository: str, part: Partial, meter: Meter) 
             raise Transient("the registry cannot resume this blob; fetching it again")
         else:
             fail(resp, f"cannot fetch blob {desc.digest} from {registry.host}")
-        for piece in resp.raw.stream(PIECE, decode_content=False):
-            part.write(piece)
+        read = _reader(resp)
+        while part.fill(read):
             meter.update(part.size)
     if part.size < desc.size:
         raise Transient(f"connection closed after {part.size} of {desc.size} bytes")
+
+
+def _reader(resp: requests.Response) -> Reader:
+    """The body's readinto: http.client's own under urllib3 (into our buffer, no copy, no
+    allocation per piece), else urllib3's. We asked for identity: nothing is to decode."""
+    raw = resp.raw
+    body = getattr(raw, "_fp", None)
+    return body.readinto if isinstance(body, http.client.HTTPResponse) else raw.readinto
 
 
 def commit(layout: Layout, part: Partial, desc: Descriptor) -> None:
