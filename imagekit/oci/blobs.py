@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 _PROGRESS_INTERVAL = 0.1
 _HINTS_MAX = 20000
 _BUFFERS = 8  # pieces read ahead of the hashing thread: 8 MiB at most
+_FLUSH_EVERY = 32 << 20  # bytes of a download between write-backs started while it arrives
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
 _R = TypeVar("_R")
 
@@ -272,6 +273,41 @@ class _Hasher:
             self._thread.join()
 
 
+class _Flusher:
+    """fdatasync on a thread of its own each time ``_FLUSH_EVERY`` more bytes were written.
+
+    The disk then writes a large blob while it arrives, and the fsync that makes it durable
+    before commit waits for the tail alone. An error here is left for that fsync to report.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd, self._pending, self._done = fd, 0, False
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="imagekit-flush", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._done:
+                return
+            with contextlib.suppress(OSError):
+                os.fdatasync(self._fd)
+
+    def wrote(self, n: int) -> None:
+        self._pending += n
+        if self._pending >= _FLUSH_EVERY:
+            self._pending = 0
+            self._wake.set()
+
+    def stop(self) -> None:
+        """Wait for a write-back under way: the file descriptor may be closed afterwards."""
+        self._done = True
+        self._wake.set()
+        self._thread.join()
+
+
 Reader = Callable[[bytearray], int]  # readinto: fills a buffer, returns the count (0: the end)
 
 
@@ -284,6 +320,7 @@ class Partial:
         self._hash = _Hasher()
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         self._fd = _guarded(path, lambda: os.open(path, flags, mode))
+        self._flusher = _Flusher(self._fd) if desc.size > _FLUSH_EVERY else None
         self._adopt()
 
     def _adopt(self) -> None:
@@ -306,6 +343,8 @@ class Partial:
         n = self._piece(read, append=True)
         self.size += n
         self.received += n
+        if self._flusher is not None:
+            self._flusher.wrote(n)
         return n
 
     def _piece(self, read: Reader, *, append: bool) -> int:
@@ -355,6 +394,8 @@ class Partial:
 
     def close(self) -> None:
         self._hash.stop()
+        if self._flusher is not None:
+            self._flusher.stop()
         os.close(self._fd)
 
 
