@@ -229,16 +229,15 @@ class _Upload:
 class _Hasher:
     """sha256 on a thread of its own, so a blob is hashed while its next piece arrives.
 
-    Pieces are read into a pool of ``_BUFFERS`` reused buffers (no allocation, no copy per
-    piece); a buffer goes back to the pool once hashed, so at most the pool waits to be hashed
-    and memory stays bounded. hashlib lets go of the GIL on large buffers.
+    Pieces are read into a pool of at most ``_BUFFERS`` reused buffers of ``size`` bytes (no
+    allocation, no copy per piece), made as the reader gets ahead; a buffer goes back to the
+    pool once hashed, so memory stays bounded. hashlib lets go of the GIL on large buffers.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, size: int) -> None:
         self._sha = hashlib.sha256()
+        self._size, self._made = size, 0
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        for _ in range(_BUFFERS):
-            self._free.put(bytearray(PIECE))
         self._queue: queue.SimpleQueue[tuple[memoryview, bytearray] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="imagekit-hash", daemon=True)
         self._thread.start()
@@ -252,6 +251,12 @@ class _Hasher:
 
     def buffer(self) -> bytearray:
         """A buffer to read the next piece into; waits while every one is still to be hashed."""
+        if self._made < _BUFFERS:
+            try:
+                return self._free.get_nowait()
+            except queue.Empty:
+                self._made += 1
+                return bytearray(self._size)
         return self._free.get()
 
     def give_back(self, buffer: bytearray) -> None:
@@ -317,7 +322,8 @@ class Partial:
     def __init__(self, path: Path, desc: Descriptor, mode: int = 0o600) -> None:
         self.path, self.desc = path, desc
         self.size = self.adopted = self.received = 0
-        self._hash = _Hasher()
+        self._piece_size = min(PIECE, max(1, desc.size))  # a config needs no 1 MiB buffer
+        self._hash = _Hasher(self._piece_size)
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         self._fd = _guarded(path, lambda: os.open(path, flags, mode))
         self._flusher = _Flusher(self._fd) if desc.size > _FLUSH_EVERY else None
@@ -335,7 +341,7 @@ class Partial:
         _guarded(self.path, lambda: os.ftruncate(self._fd, 0))
         os.lseek(self._fd, 0, os.SEEK_SET)
         self._hash.stop()
-        self._hash = _Hasher()
+        self._hash = _Hasher(self._piece_size)
         self.size = self.adopted = 0
 
     def fill(self, read: Reader) -> int:
