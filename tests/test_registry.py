@@ -318,6 +318,20 @@ def test_a_corrupted_blob_in_the_registry_is_refused(
     assert other.refs() == []
 
 
+def test_a_blob_longer_than_its_descriptor_is_refused_as_it_arrives(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    chain = make_chain(Store(tmp_path / "a"), tmp_path / "work", seed=8)
+    chain.store.push("web:1", registry.ref("images/longer"))
+    data = registry.blob_data(chain.base_disk.digest)
+    data.write_bytes(data.read_bytes() + b"\0" * (3 << 20))  # served whole, 3 MiB too long
+    other = Store(tmp_path / "b")
+    with pytest.raises(VerificationError, match=f"blob {chain.base_disk.digest} is longer"):
+        other.pull(registry.ref("images/longer"))
+    assert list(other.blobs_dir.iterdir()) == [] and other.refs() == []
+    assert not list(other.tmp_dir.glob(f"oci-{hexpart(chain.base_disk.digest)}*"))
+
+
 def test_a_layer_naming_another_backing_file_is_refused(
     registry: RunningRegistry, tmp_path: Path
 ) -> None:
