@@ -19,8 +19,9 @@ import pytest
 from imagekit.core.digest import file_digest
 from imagekit.errors import FetchError, RecipeError, RefNotFoundError, SignatureError
 from imagekit.oci.layout import Descriptor
-from imagekit.oci.media import MEDIA_DISK_QCOW2, MEDIA_INDEX, MEDIA_MANIFEST
+from imagekit.oci.media import MEDIA_DISK_QCOW2, MEDIA_INDEX, MEDIA_MANIFEST, oci_arch
 from imagekit.oci.registry import Registry
+from imagekit.recipe import host_arch
 from imagekit.store import Store
 from imagekit.verify import keys
 from imagekit.verify.trust import TrustPolicy
@@ -109,6 +110,9 @@ def test_two_images_go_up_as_one_index_and_each_arch_pulls_its_own(
     assert amd.digest == two.amd.top.digest and amd.ref == "web:1"
     assert amd.store.manifest(amd.digest)["subject"]["digest"] == two.amd.base.digest  # chain
     assert Store(tmp_path / "arm").pull(target, arch="arm64").digest == two.arm.digest
+    by_host = {"amd64": two.amd.top.digest, "arm64": two.arm.digest}.get(oci_arch(host_arch()))
+    if by_host is not None:  # without --arch, the host's architecture is picked
+        assert Store(tmp_path / "host").pull(target).digest == by_host
     with pytest.raises(FetchError, match=r"no image for s390x \(it has: amd64, arm64\)"):
         Store(tmp_path / "none").pull(target, arch="s390x")
     assert not list((tmp_path / "none" / "blobs" / "sha256").iterdir())
