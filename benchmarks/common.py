@@ -118,16 +118,12 @@ class Figure:
     ratio: float | None
     target: str
     ok: bool
-    unit: str = "s"  # "bytes" for a size: median_s and baseline_s then hold bytes
+    unit: str = "s"  # of median_s and baseline_s: a figure that is not a time ("MB") says so
 
 
 def paired_ratio(samples: list[float], baselines: list[float]) -> float:
     """Median of run-by-run ratios: runs that shared the machine's noise are compared."""
     return statistics.median(a / b for a, b in zip(samples, baselines, strict=True))
-
-
-def _amount(value: float, unit: str) -> str:
-    return f"{value:.3f} s" if unit == "s" else f"{value:,.0f} {unit}"
 
 
 def summary_table(figures: Sequence[Figure]) -> str:
@@ -137,9 +133,9 @@ def summary_table(figures: Sequence[Figure]) -> str:
         rows.append(
             (
                 f.name,
-                _amount(f.median_s, f.unit),
+                f"{f.median_s:.3f} {f.unit}",
                 f.baseline,
-                "" if f.baseline_s is None else _amount(f.baseline_s, f.unit),
+                "" if f.baseline_s is None else f"{f.baseline_s:.3f} {f.unit}",
                 "" if f.ratio is None else f"{f.ratio:.2f}x",
                 f.target,
                 met(f.ok),

@@ -233,7 +233,9 @@ def figures(r: dict[str, Any]) -> list[Figure]:
             label = "thin" if kind == "thin" else "64K"
             name = f"{shape} layers, {label} (sum of {LAYERS})"
             rows.append(
-                Figure(name, stored, "changed", changed, stored / changed, target, ok, "bytes")
+                Figure(
+                    name, stored / 1e6, "changed", changed / 1e6, stored / changed, target, ok, "MB"
+                )
             )
     for kind, target in (("thin", "<= 1.1x"), ("today", "reference")):
         step = r.get("step", {}).get(kind)
@@ -242,7 +244,16 @@ def figures(r: dict[str, Any]) -> list[Figure]:
             ok = ratio <= 1.1 if kind == "thin" else True
             name = "real 10-op step, " + ("thin" if kind == "thin" else "64K")
             rows.append(
-                Figure(name, step["layer"], "changed", step["changed"], ratio, target, ok, "bytes")
+                Figure(
+                    name,
+                    step["layer"] / 1e6,
+                    "changed",
+                    step["changed"] / 1e6,
+                    ratio,
+                    target,
+                    ok,
+                    "MB",
+                )
             )
     return rows
 

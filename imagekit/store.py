@@ -7,7 +7,7 @@ option the command line has.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from imagekit.build import BuildResult
     from imagekit.check import CheckReport, Profile
     from imagekit.net.transport import Transport
+    from imagekit.oci.multiarch import IndexPushReport
     from imagekit.oci.transfer import PushReport
     from imagekit.sources import http, registry
     from imagekit.verify.keys import KeyFiles, PrivateKey
@@ -188,6 +189,53 @@ class Store(Layout):
         with self.shared_lock():
             report = transfer.push(self, descriptor.digest, parsed, remote, options)
             signatures.push_stored(self, remote, parsed.repository, descriptor.digest, options)
+            return report
+
+    def push_index(
+        self,
+        images: Sequence[str],
+        target: str,
+        *,
+        insecure: bool = False,
+        progress: ProgressCallback | None = None,
+        transport: Transport | None = None,
+        chunk_size: int | None = None,
+    ) -> IndexPushReport:
+        """Push several stored images, one per architecture, as one OCI index at ``target``'s tag.
+
+        Each of ``images`` is ``REF`` or ``REF=ARCH``: the architecture is the one the image's
+        provenance records (recipes and builds record it), which ``=ARCH`` gives for an imported
+        file (``amd64``, ``arm64``; ``x86_64`` works too). Every image goes up by digest with its
+        base and signatures, as :meth:`push` sends it; then the index, under the tag. A pull
+        picks the host's architecture from it, and ``sign oci://...`` signs the index.
+        """
+        from imagekit.oci import multiarch, transfer
+        from imagekit.oci.reference import RegistryRef
+        from imagekit.oci.registry import Registry
+        from imagekit.verify import remote as signatures
+
+        if not images:
+            raise RecipeError("a multi-arch push needs at least one image")
+        entries = []
+        for text in images:
+            ref, eq, given = text.partition("=")
+            descriptor = self.resolve(ref)
+            recorded = Image.from_descriptor(self, descriptor).config.get("arch")
+            arch = multiarch.entry_arch(
+                ref, recorded if isinstance(recorded, str) else None, given if eq else None
+            )
+            entries.append(multiarch.IndexEntry(ref, descriptor.digest, descriptor.size, arch))
+        parsed = RegistryRef.parse(target)
+        remote = Registry(
+            parsed.host, transport=transport, insecure=insecure, repository=parsed.repository
+        )
+        options = transfer.TransferOptions(
+            chunk_size=chunk_size or transfer.DEFAULT_CHUNK, progress=progress or ignore_progress
+        )
+        with self.shared_lock():
+            report = multiarch.push_index(self, entries, parsed, remote, options)
+            for entry in entries:
+                signatures.push_stored(self, remote, parsed.repository, entry.digest, options)
             return report
 
     def build(

@@ -26,7 +26,15 @@ InsecureOption = Annotated[
 
 @app.command()
 def push(
-    ref: Annotated[str, typer.Argument(help="Stored image NAME[:TAG] or digest.")],
+    refs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Stored image NAME[:TAG] or digest; several (REF[=ARCH], one per "
+            "architecture) push one multi-arch index.",
+            metavar="REF...",
+            show_default=False,
+        ),
+    ],
     target: Annotated[
         str, typer.Argument(help="oci://HOST[:PORT]/REPO[:TAG] (default tag: REF's).")
     ],
@@ -34,14 +42,34 @@ def push(
     insecure: InsecureOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Copy a stored image, and the base it was built on, to an OCI registry."""
+    """Copy a stored image, and the base it was built on, to an OCI registry.
+
+    With several images (e.g. web:1-amd64 web:1-arm64=arm64), each goes up by digest and the
+    tag names an OCI index with one manifest per architecture; pull picks the host's.
+    """
+    multiarch = len(refs) > 1 or any("=" in ref for ref in refs)
     with progress_display(not as_json) as progress:
-        report = open_store(store).push(ref, target, insecure=insecure, progress=progress)
+        if multiarch:
+            index = open_store(store).push_index(refs, target, insecure=insecure, progress=progress)
+        else:
+            report = open_store(store).push(refs[0], target, insecure=insecure, progress=progress)
+    if multiarch:
+        if as_json:
+            emit_json(index.to_json())
+            return
+        for entry, pushed in index.images:
+            typer.echo(
+                f"pushed {entry.ref} ({entry.arch}, {entry.digest}): "
+                f"{len(pushed.uploaded)} blob(s) uploaded ({human_size(pushed.uploaded_bytes)}), "
+                f"{len(pushed.mounted)} mounted, {len(pushed.skipped)} already there"
+            )
+        typer.echo(f"pushed index {index.target} ({index.digest}): {len(index.images)} images")
+        return
     if as_json:
         emit_json(report.to_json())
         return
     typer.echo(
-        f"pushed {ref} to {report.target} ({report.digest}): {len(report.uploaded)} blob(s) "
+        f"pushed {refs[0]} to {report.target} ({report.digest}): {len(report.uploaded)} blob(s) "
         f"uploaded ({human_size(report.uploaded_bytes)}), {len(report.mounted)} mounted, "
         f"{len(report.skipped)} already there"
     )

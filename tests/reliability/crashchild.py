@@ -44,14 +44,15 @@ def kill_at_blob_byte(limit: int) -> None:
     """Die once a registry pull's partial blob holds at least ``limit`` bytes."""
     from imagekit.oci.blobs import Partial
 
-    original = Partial.write
+    original = Partial.fill
 
-    def write(self: Partial, data: bytes) -> None:
-        original(self, data)
+    def fill(self: Partial, read: Callable[[bytearray], int]) -> int:
+        n = original(self, read)
         if self.size >= limit:
             die()
+        return n
 
-    Partial.write = write  # type: ignore[method-assign]
+    Partial.fill = fill  # type: ignore[method-assign]
 
 
 def kill_at_call(point: str, nth: int = 1) -> None:
