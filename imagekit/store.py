@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
@@ -16,7 +17,7 @@ from imagekit import config
 from imagekit.core.refs import parse_ref
 from imagekit.errors import RecipeError
 from imagekit.image import Image
-from imagekit.oci import gc, roots
+from imagekit.oci import gc, retention, roots
 from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.media import REF_ANNOTATION, signed_digest
 from imagekit.progress import ProgressCallback, ignore_progress
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from imagekit.build import BuildResult
     from imagekit.check import CheckReport, Profile
     from imagekit.net.transport import Transport
+    from imagekit.oci.prune import PruneReport
     from imagekit.oci.transfer import PushReport
     from imagekit.sources import http, registry
     from imagekit.verify.keys import KeyFiles, PrivateKey
@@ -436,12 +438,53 @@ class Store(Layout):
         extra_roots: Iterable[str] = (),
         remove_partial: bool = False,
         dry_run: bool = False,
+        keep_last: int | None = None,
+        older_than: timedelta | None = None,
     ) -> GcReport:
         """Remove blobs no ref, root or extra root reaches, temps of processes that died, and
-        lock files nobody holds; roots whose file is gone are dropped first."""
+        lock files nobody holds; roots whose file is gone are dropped first.
+
+        With ``keep_last`` each image name keeps its N newest images and, with ``older_than``,
+        also those younger than that; the other tags go first, except those a kept image is
+        built on or a file outside the store backs onto (oci.retention).
+        """
+        policy = None
+        if keep_last is not None:
+            policy = retention.Policy(keep_last, older_than)
+        elif older_than is not None:
+            raise RecipeError("--older-than needs --keep-last N (the newest N always stay)")
         return gc.collect(
-            self, extra_roots=extra_roots, remove_partial=remove_partial, dry_run=dry_run
+            self,
+            extra_roots=extra_roots,
+            remove_partial=remove_partial,
+            dry_run=dry_run,
+            policy=policy,
         )
+
+    def prune(
+        self,
+        target: str,
+        *,
+        keep_last: int,
+        older_than: timedelta | None = None,
+        dry_run: bool = False,
+        insecure: bool = False,
+        transport: Transport | None = None,
+    ) -> PruneReport:
+        """Retention in a registry repository (``oci://HOST/REPO``): delete by digest the
+        manifests :meth:`gc`'s policy would untag, and their signatures (oci.prune)."""
+        from imagekit.oci.prune import prune
+        from imagekit.oci.reference import RegistryRef
+        from imagekit.oci.registry import Registry
+
+        parsed = RegistryRef.parse(target)
+        if parsed.tag or parsed.digest:
+            raise RecipeError(f"prune takes a repository, oci://HOST/REPO, not a tag: {target}")
+        policy = retention.Policy(keep_last, older_than)
+        remote = Registry(
+            parsed.host, transport=transport, insecure=insecure, repository=parsed.repository
+        )
+        return prune(remote, parsed.repository, policy, dry_run=dry_run)
 
     def fsck(self) -> FsckReport:
         """Rehash every blob and check every ref's manifest, config and layers are present."""

@@ -5,6 +5,11 @@ and extra roots, through manifests, overlay parent annotations and the qcow2 bac
 itself would follow, then sweeps the rest under the exclusive lock, so no pull or build is
 between adding blobs and tagging them. Lock files nobody holds go too. A signature's tag
 (``NAME:sha256-<hex>.sig``) is no root of its own: it lives as long as the manifest it signs.
+
+With a retention policy (``gc --keep-last N``, oci.retention) gc first chooses, under the same
+lock, the tags that go; a chosen tag whose image a kept image is built on, or a file outside the
+store backs onto, stays tagged. Then it marks and sweeps as ever, so everything a kept image's
+chain needs stays whatever the policy chose.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import shutil
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from imagekit.core import atomic
@@ -23,6 +29,7 @@ from imagekit.core.digest import hash_stream
 from imagekit.core.locking import remove_unheld
 from imagekit.disk import qcow2
 from imagekit.errors import StoreError
+from imagekit.oci import retention
 from imagekit.oci import roots as outside
 from imagekit.oci.layout import Descriptor, Layout, check_digest, manifest_descriptors, parents
 from imagekit.oci.media import MEDIA_INDEX, MEDIA_MANIFEST, REF_ANNOTATION, signed_digest
@@ -38,7 +45,8 @@ class GcReport:
 
     ``removed_locks`` are lock files nobody held, relative to the store root;
     ``dropped_roots`` maps each outside path gc stopped keeping blobs for to the reason.
-    ``removed_signatures`` are the signature refs untagged because their image went.
+    ``removed_signatures`` are the signature refs untagged because their image went;
+    ``removed_refs`` the tags a retention policy removed, ``kept_refs`` why it kept the others.
     """
 
     removed_blobs: list[str]
@@ -47,6 +55,8 @@ class GcReport:
     removed_locks: list[str] = field(default_factory=list)
     dropped_roots: dict[str, str] = field(default_factory=dict)
     removed_signatures: list[str] = field(default_factory=list)
+    removed_refs: list[str] = field(default_factory=list)
+    kept_refs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,9 +78,10 @@ def collect(
     extra_roots: Iterable[str] = (),
     remove_partial: bool = False,
     dry_run: bool = False,
+    policy: retention.Policy | None = None,
 ) -> GcReport:
     """Remove blobs no ref, recorded root or extra root reaches, temps of processes that died,
-    and lock files nobody holds.
+    and lock files nobody holds; with ``policy``, first the tags it chooses (see the module).
 
     A recorded root whose file is gone or no longer backs onto the store is dropped first.
     Partial downloads (``tmp/*.part``, ``*.part.json``) are kept for resuming unless
@@ -78,27 +89,93 @@ def collect(
     """
     with layout.exclusive_lock():
         entries = layout.entries()
-        roots = [d.digest for d in entries if _signed(d) is None]
-        roots += [check_digest(r) for r in extra_roots]
+        images = [d for d in entries if _signed(d) is None]
+        chosen = retention.choose(_tagged(layout, images), policy) if policy else None
+        leaving = {t.ref for t in chosen.remove} if chosen else set()
+        marked = _mark(
+            layout,
+            [d.digest for d in images if _ref(d) not in leaving]
+            + [check_digest(r) for r in extra_roots],
+        )
+        kept_refs = dict(chosen.kept) if chosen else {}
+        _keep_needed(chosen, marked, "a kept image is built on it", kept_refs)
         kept, dropped = _outside_roots(layout, dry_run)
-        roots += [digest for root in kept for digest in (root.manifest, *root.blobs)]
-        marked = _mark(layout, roots)
-        unsigned = _mark_signatures(layout, entries, marked, dry_run)
-        removed, freed = [], 0
-        for path in sorted(layout.blobs_dir.iterdir()):
-            if not _HEX64.fullmatch(path.name) or not path.is_file():
-                continue  # not a blob name: fsck reports it, gc leaves it alone
-            if "sha256:" + path.name in marked:
-                continue
-            removed.append("sha256:" + path.name)
-            freed += path.stat().st_size
-            if not dry_run:
-                path.unlink()
-        if removed and not dry_run:
-            atomic.fsync_dir(layout.blobs_dir)
+        marked = _mark(layout, [d for root in kept for d in (root.manifest, *root.blobs)], marked)
+        _keep_needed(chosen, marked, "a file outside the store backs onto it", kept_refs)
+        removed_refs = sorted(leaving - kept_refs.keys())
+        if removed_refs and not dry_run:
+            layout.untag_all(removed_refs)
+        remaining = [d for d in entries if _ref(d) not in leaving or _ref(d) in kept_refs]
+        unsigned = _mark_signatures(layout, remaining, marked, dry_run)
+        removed, freed = _sweep_blobs(layout, marked, dry_run)
         removed_temp, temp_bytes = _sweep_tmp(layout, remove_partial, dry_run)
         locks = _sweep_locks(layout, dry_run)
-    return GcReport(removed, freed + temp_bytes, removed_temp, locks, dropped, unsigned)
+    return GcReport(
+        removed,
+        freed + temp_bytes,
+        removed_temp,
+        locks,
+        dropped,
+        unsigned,
+        removed_refs,
+        {ref: why for ref, why in kept_refs.items() if ref not in removed_refs},
+    )
+
+
+def _tagged(layout: Layout, images: list[Descriptor]) -> list[retention.Tagged]:
+    """The store's image tags with the creation time each image records."""
+    created: dict[str, datetime | None] = {}
+    found = []
+    for order, entry in enumerate(images):
+        ref = _ref(entry)
+        if ref is None:
+            continue
+        if entry.digest not in created:
+            created[entry.digest] = _created(layout, entry.digest)
+        name = ref.partition(":")[0]
+        found.append(retention.Tagged(ref, name, entry.digest, created[entry.digest], order))
+    return found
+
+
+def _created(layout: Layout, digest: str) -> datetime | None:
+    try:
+        manifest = layout.manifest(digest)
+        when = retention.created_at(manifest, None)
+        if when is None:
+            config = layout.read_json(manifest["config"]["digest"])
+            when = retention.created_at(manifest, config if isinstance(config, dict) else None)
+    except StoreError as e:
+        raise StoreError(f"gc stopped, nothing removed: {e}") from e
+    return when
+
+
+def _keep_needed(
+    chosen: retention.Choice | None, marked: set[str], why: str, kept: dict[str, str]
+) -> None:
+    """Chosen tags whose image is still needed stay tagged, saying ``why``."""
+    for tagged in chosen.remove if chosen else []:
+        if tagged.digest in marked and tagged.ref not in kept:
+            kept[tagged.ref] = why
+
+
+def _ref(entry: Descriptor) -> str | None:
+    return entry.annotations.get(REF_ANNOTATION)
+
+
+def _sweep_blobs(layout: Layout, marked: set[str], dry_run: bool) -> tuple[list[str], int]:
+    removed, freed = [], 0
+    for path in sorted(layout.blobs_dir.iterdir()):
+        if not _HEX64.fullmatch(path.name) or not path.is_file():
+            continue  # not a blob name: fsck reports it, gc leaves it alone
+        if "sha256:" + path.name in marked:
+            continue
+        removed.append("sha256:" + path.name)
+        freed += path.stat().st_size
+        if not dry_run:
+            path.unlink()
+    if removed and not dry_run:
+        atomic.fsync_dir(layout.blobs_dir)
+    return removed, freed
 
 
 def fsck(layout: Layout) -> FsckReport:
@@ -123,9 +200,10 @@ def fsck(layout: Layout) -> FsckReport:
     return FsckReport(problems, count, nbytes)
 
 
-def _mark(layout: Layout, roots: Iterable[str]) -> set[str]:
-    """Every digest reachable from ``roots`` through manifests and disk parent chains."""
-    marked: set[str] = set()
+def _mark(layout: Layout, roots: Iterable[str], marked: set[str] | None = None) -> set[str]:
+    """Every digest reachable from ``roots`` through manifests and disk parent chains, added to
+    ``marked`` (what an earlier mark reached)."""
+    marked = set() if marked is None else marked
     work = list(roots)
     while work:
         digest = work.pop()
@@ -150,12 +228,11 @@ def _mark_signatures(
         if subject is None:
             continue
         if subject in marked:
-            marked |= _mark(layout, [entry.digest])
+            _mark(layout, [entry.digest], marked)
             continue
-        ref = entry.annotations[REF_ANNOTATION]
-        dropped.append(ref)
-        if not dry_run:
-            layout.untag(ref)
+        dropped.append(entry.annotations[REF_ANNOTATION])
+    if dropped and not dry_run:
+        layout.untag_all(dropped)
     return dropped
 
 

@@ -242,6 +242,14 @@ class Layout:
             self._replace_file(self._index, _index_bytes(index))
         return Descriptor.from_json(gone[-1])
 
+    def untag_all(self, refs: Iterable[str]) -> None:
+        """Remove every ref in ``refs`` that is tagged, in one write of the index."""
+        names = {str(parse_ref(ref)) for ref in refs}
+        with self._index_lock():
+            index = self._load_index()
+            index["manifests"] = [m for m in index["manifests"] if _ref_of(m) not in names]
+            self._replace_file(self._index, _index_bytes(index))
+
     def refs(self) -> list[tuple[str, Descriptor]]:
         """Every tagged ref and its manifest descriptor, sorted by ref."""
         found: dict[str, Descriptor] = {}
