@@ -1,0 +1,86 @@
+"""index.json's line form: a tag edits one line, other forms are read and kept, skopeo reads it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+
+from imagekit.errors import StoreError
+from imagekit.oci.media import MEDIA_DISK_RAW, REF_ANNOTATION
+from imagekit.store import Store
+from tests.require import require
+
+
+def tagged(store: Store, ref: str, data: bytes) -> str:
+    disk = store.add_bytes(data, MEDIA_DISK_RAW)
+    manifest = store.write_manifest({"name": ref}, [disk])
+    store.tag(ref, manifest)
+    return manifest.digest
+
+
+def test_a_tag_is_one_line_of_a_valid_oci_index(store: Store) -> None:
+    index = store.root / "index.json"
+    first = tagged(store, "a:1", b"\0" * 512)
+    tagged(store, "b:1", b"\1" * 512)
+    before = [line.rstrip(",") for line in index.read_text().splitlines()]
+    tagged(store, "a:1", b"\2" * 512)  # a retag: the old line goes, the new one is last
+    after = [line.rstrip(",") for line in index.read_text().splitlines()]
+    assert len(after) == len(before)
+    assert sum(line not in before for line in after) == 1  # (and a comma moves)
+    obj = json.loads(index.read_text())
+    assert obj["schemaVersion"] == 2 and obj["mediaType"].endswith("index.v1+json")
+    assert [m["annotations"][REF_ANNOTATION] for m in obj["manifests"]] == ["b:1", "a:1"]
+    assert store.resolve("a:1").digest != first
+    assert store.untag("b:1").annotations[REF_ANNOTATION] == "b:1"
+    assert [ref for ref, _ in store.refs()] == ["a:1"]
+
+
+def test_an_index_in_another_form_is_read_and_rewritten_keeping_everything(
+    store: Store,
+) -> None:
+    digest = tagged(store, "a:1", b"\0" * 512)
+    index = store.root / "index.json"
+    obj = json.loads(index.read_text())
+    obj["manifests"][0]["platform"] = {"architecture": "amd64", "os": "linux"}
+    index.write_text(json.dumps(obj, indent=4))  # as a person or another tool writes it
+    assert store.resolve("a:1").digest == digest
+    tagged(store, "b:1", b"\1" * 512)
+    rewritten = json.loads(index.read_text())
+    assert rewritten["manifests"][0]["platform"] == {"architecture": "amd64", "os": "linux"}
+    assert len(index.read_text().splitlines()) == 2 + 2 + 4  # the line form: head, entries, tail
+
+    obj = {**rewritten, "annotations": {"org.example.owner": "ops"}}
+    index.write_text(json.dumps(obj))
+    store.untag("b:1")
+    assert json.loads(index.read_text())["annotations"] == {"org.example.owner": "ops"}
+    assert [ref for ref, _ in store.refs()] == ["a:1"]
+
+
+def test_a_damaged_index_is_a_one_line_error_and_stays_as_it_was(store: Store) -> None:
+    tagged(store, "a:1", b"\0" * 512)
+    index = store.root / "index.json"
+    damaged = index.read_bytes().replace(b'"digest"', b'"digest', 1)
+    index.write_bytes(damaged)
+    for attempt in (lambda: store.refs(), lambda: store.untag("a:1")):
+        try:
+            attempt()
+        except StoreError as e:
+            assert "run `imagekit fsck`" in str(e) and "\n" not in str(e)
+        else:
+            raise AssertionError("a damaged index was read")
+    assert index.read_bytes() == damaged
+
+
+def test_skopeo_reads_the_line_form(store: Store) -> None:
+    require(shutil.which("skopeo") is not None, "skopeo is not installed")
+    digest = tagged(store, "a:1", b"\0" * 512)
+    tagged(store, "b:1", b"\1" * 512)
+    done = subprocess.run(
+        ["skopeo", "inspect", "--raw", f"oci:{store.root}:a:1"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    assert "sha256:" + hashlib.sha256(done.stdout).hexdigest() == digest
