@@ -346,11 +346,18 @@ class Store(Layout):
 
     def images(self) -> list[Image]:
         """Every tagged image, sorted by ref."""
-        return [
-            Image.from_descriptor(self, descriptor)
-            for ref, descriptor in self.refs()
-            if signed_digest(ref.partition(":")[2]) is None  # a signature is not an image
-        ]
+        return [Image.from_descriptor(self, descriptor) for _, descriptor in self._image_refs()]
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """:meth:`Image.summary` of every tagged image, sorted by ref, reading only manifests
+        not listed before (what ``imagekit images`` shows)."""
+        from imagekit.image import summaries
+
+        return summaries(self, self._image_refs())
+
+    def _image_refs(self) -> list[tuple[str, Descriptor]]:
+        # a signature (NAME:sha256-<hex>.sig) is not an image
+        return [(r, d) for r, d in self.refs() if signed_digest(r.partition(":")[2]) is None]
 
     def sign(
         self,

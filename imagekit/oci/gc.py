@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 
 from imagekit.core import atomic
-from imagekit.core.digest import hash_stream
+from imagekit.core.digest import hash_stream, hexpart
 from imagekit.core.locking import remove_unheld
 from imagekit.disk import qcow2
 from imagekit.errors import StoreError
@@ -33,6 +33,7 @@ from imagekit.oci import retention
 from imagekit.oci import roots as outside
 from imagekit.oci.layout import Descriptor, Layout, check_digest, manifest_descriptors, parents
 from imagekit.oci.media import MEDIA_INDEX, MEDIA_MANIFEST, REF_ANNOTATION, signed_digest
+from imagekit.oci.memo import Memo
 
 _MANIFEST_MAX = 4 << 20  # a JSON blob bigger than this is not a manifest worth parsing in gc
 _TEMP_RE = re.compile(r"new-(\d+)-.*", re.DOTALL)
@@ -92,22 +93,29 @@ def collect(
         images = [d for d in entries if _signed(d) is None]
         chosen = retention.choose(_tagged(layout, images), policy) if policy else None
         leaving = {t.ref for t in chosen.remove} if chosen else set()
+        memo = Memo(layout, "gc-children")
         marked = _mark(
             layout,
             [d.digest for d in images if _ref(d) not in leaving]
             + [check_digest(r) for r in extra_roots],
+            set(),
+            memo,
         )
         kept_refs = dict(chosen.kept) if chosen else {}
         _keep_needed(chosen, marked, "a kept image is built on it", kept_refs)
         kept, dropped = _outside_roots(layout, dry_run)
-        marked = _mark(layout, [d for root in kept for d in (root.manifest, *root.blobs)], marked)
+        marked = _mark(
+            layout, [d for root in kept for d in (root.manifest, *root.blobs)], marked, memo
+        )
         _keep_needed(chosen, marked, "a file outside the store backs onto it", kept_refs)
         removed_refs = sorted(leaving - kept_refs.keys())
         if removed_refs and not dry_run:
             layout.untag_all(removed_refs)
         remaining = [d for d in entries if _ref(d) not in leaving or _ref(d) in kept_refs]
-        unsigned = _mark_signatures(layout, remaining, marked, dry_run)
+        unsigned = _mark_signatures(layout, remaining, marked, memo, dry_run)
         removed, freed = _sweep_blobs(layout, marked, dry_run)
+        if not dry_run:
+            memo.save(keep=marked)
         removed_temp, temp_bytes = _sweep_tmp(layout, remove_partial, dry_run)
         locks = _sweep_locks(layout, dry_run)
     return GcReport(
@@ -164,15 +172,22 @@ def _ref(entry: Descriptor) -> str | None:
 
 def _sweep_blobs(layout: Layout, marked: set[str], dry_run: bool) -> tuple[list[str], int]:
     removed, freed = [], 0
-    for path in sorted(layout.blobs_dir.iterdir()):
-        if not _HEX64.fullmatch(path.name) or not path.is_file():
-            continue  # not a blob name: fsck reports it, gc leaves it alone
-        if "sha256:" + path.name in marked:
-            continue
-        removed.append("sha256:" + path.name)
-        freed += path.stat().st_size
+    with os.scandir(layout.blobs_dir) as found:  # names and types: no stat per kept blob
+        unmarked = sorted(
+            (
+                entry
+                for entry in found
+                if "sha256:" + entry.name not in marked
+                and _HEX64.fullmatch(entry.name)  # not a blob name: fsck reports it, gc leaves it
+                and entry.is_file(follow_symlinks=False)
+            ),
+            key=lambda entry: entry.name,
+        )
+    for entry in unmarked:
+        removed.append("sha256:" + entry.name)
+        freed += entry.stat(follow_symlinks=False).st_size
         if not dry_run:
-            path.unlink()
+            os.unlink(entry.path)
     if removed and not dry_run:
         atomic.fsync_dir(layout.blobs_dir)
     return removed, freed
@@ -200,16 +215,28 @@ def fsck(layout: Layout) -> FsckReport:
     return FsckReport(problems, count, nbytes)
 
 
-def _mark(layout: Layout, roots: Iterable[str], marked: set[str] | None = None) -> set[str]:
+def _mark(
+    layout: Layout, roots: Iterable[str], marked: set[str], memo: Memo | None = None
+) -> set[str]:
     """Every digest reachable from ``roots`` through manifests and disk parent chains, added to
-    ``marked`` (what an earlier mark reached)."""
-    marked = set() if marked is None else marked
+    ``marked`` (what an earlier mark reached). What each blob keeps alive is read from it once
+    and kept in ``memo`` (blobs never change), so a mark costs no reads for blobs seen before.
+    """
     work = list(roots)
     while work:
         digest = work.pop()
-        if digest not in marked:
-            marked.add(digest)
-            work.extend(_children(layout, digest))
+        if digest in marked:
+            continue
+        marked.add(digest)
+        known = memo.get(digest) if memo is not None else None
+        if isinstance(known, list) and all(isinstance(h, str) for h in known):
+            work.extend("sha256:" + h for h in known)
+            continue
+        children = _children(layout, digest)
+        if children is not None:
+            if memo is not None:
+                memo.put(digest, [hexpart(c) for c in children])
+            work.extend(children)
     return marked
 
 
@@ -219,7 +246,7 @@ def _signed(entry: Descriptor) -> str | None:
 
 
 def _mark_signatures(
-    layout: Layout, entries: list[Descriptor], marked: set[str], dry_run: bool
+    layout: Layout, entries: list[Descriptor], marked: set[str], memo: Memo, dry_run: bool
 ) -> list[str]:
     """Mark the signatures of kept manifests; untag the others (unless ``dry_run``)."""
     dropped = []
@@ -228,7 +255,7 @@ def _mark_signatures(
         if subject is None:
             continue
         if subject in marked:
-            _mark(layout, [entry.digest], marked)
+            _mark(layout, [entry.digest], marked, memo)
             continue
         dropped.append(entry.annotations[REF_ANNOTATION])
     if dropped and not dry_run:
@@ -236,8 +263,9 @@ def _mark_signatures(
     return dropped
 
 
-def _children(layout: Layout, digest: str) -> list[str]:
-    """What a blob keeps alive: a manifest's descriptors and parents, a qcow2's backing."""
+def _children(layout: Layout, digest: str) -> list[str] | None:
+    """What a blob keeps alive: a manifest's descriptors and parents, a qcow2's backing
+    (None: the blob is not in the store)."""
     path = layout.blob_path(digest)
     try:
         with path.open("rb") as f:
@@ -249,7 +277,7 @@ def _children(layout: Layout, digest: str) -> list[str]:
                 return []
             obj = json.loads(f.read())
     except FileNotFoundError:
-        return []
+        return None
     except ValueError:
         return []  # JSON-looking but not JSON: a config or evidence blob, not a manifest
     if not isinstance(obj, dict) or not _is_manifest_like(obj):
