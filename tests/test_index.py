@@ -84,3 +84,17 @@ def test_skopeo_reads_the_line_form(store: Store) -> None:
         timeout=60,
     )
     assert "sha256:" + hashlib.sha256(done.stdout).hexdigest() == digest
+
+
+def test_one_ref_is_found_and_names_listed_without_parsing_every_entry(store: Store) -> None:
+    digests = {ref: tagged(store, ref, bytes([n]) * 512) for n, ref in enumerate(["b:1", "a:1"])}
+    sig = "a:sha256-" + "0" * 64 + ".sig"
+    store.tag(sig, store.resolve("b:1"))
+    for form in ("line", "indented"):
+        assert store.ref_names() == ["a:1", sig, "b:1"], form
+        found = store.find_ref("a:1")
+        assert found is not None and found.digest == digests["a:1"], form
+        assert store.find_ref("a:2") is None and store.find_ref("a") is None
+        assert store.resolve("b").digest == digests["b:1"]  # a bare name: its only tag
+        index = store.root / "index.json"
+        index.write_text(json.dumps(json.loads(index.read_text()), indent=2))

@@ -8,7 +8,9 @@ a reader never sees half of it. A file in any other form (edited by hand, writte
 tool) is parsed and checked whole, and rewritten in this form; top-level fields other than the
 three imagekit writes are kept, in an indented file of the old form.
 
-Reads parse and check every entry, once per process while the file's bytes stay the same.
+Reads parse and check every entry, once per process while the file's bytes stay the same;
+looking up one ref, or listing the names, reads the lines without parsing them (the ref
+annotation is found as compact JSON writes it: a ref has no character JSON escapes).
 """
 
 from __future__ import annotations
@@ -54,8 +56,36 @@ class IndexFile:
         """Every entry, validated; StoreError sends the user to fsck when the file is damaged."""
         data = self._read()
         if self._cached is None or self._cached[0] != data:
-            self._cached = (data, [Descriptor.from_json(m) for m in self._parse(data)["manifests"]])
+            try:
+                parsed = [Descriptor.from_json(m) for m in self._parse(data)["manifests"]]
+            except StoreError as e:
+                raise self._damaged(e) from e
+            self._cached = (data, parsed)
         return list(self._cached[1])
+
+    def find(self, ref: str) -> Descriptor | None:
+        """The entry of ``ref`` (the last, if a hand edit left two), parsing only its line."""
+        data = self._read()
+        if _lines(data) is None:
+            found = [e for e in self.entries() if e.annotations.get(REF_ANNOTATION) == ref]
+            return found[-1] if found else None
+        at = data.rfind(_needle(ref))
+        if at < 0:
+            return None
+        start = data.rfind(b"\n", 0, at) + 1
+        line = data[start : data.index(b"\n", at)].removesuffix(b",")
+        try:
+            return Descriptor.from_json(json.loads(line))
+        except (ValueError, StoreError) as e:
+            raise self._damaged(e) from e
+
+    def names(self) -> list[str]:
+        """Every tagged ref, sorted, without parsing the entries."""
+        data = self._read()
+        if _lines(data) is None:
+            found = {e.annotations.get(REF_ANNOTATION) for e in self.entries()}
+            return sorted(r for r in found if r is not None)
+        return sorted({m[1].decode() for m in _REF.finditer(data, len(_HEAD))})
 
     def edit(self, drop: Collection[str], add: Descriptor | None = None) -> list[Descriptor]:
         """Remove the entries of the refs in ``drop``, then append ``add``; returns the removed.
@@ -66,7 +96,7 @@ class IndexFile:
             data = self._read()
             lines = _lines(data)
             if lines is None:
-                index = self._parse(data)
+                index = self._parse(data, check_entries=True)
                 if set(index) - _FIELDS:  # someone's own top-level fields: keep them
                     return self._edit_whole(index, drop, add)
                 lines = [_line(m) for m in index["manifests"]]
@@ -101,14 +131,15 @@ class IndexFile:
         except OSError as e:
             raise self._damaged(e) from e
 
-    def _parse(self, data: bytes) -> dict[str, Any]:
+    def _parse(self, data: bytes, *, check_entries: bool = False) -> dict[str, Any]:
+        """The index as JSON; its entries are checked by the caller's Descriptors, or here."""
         try:
             obj = json.loads(data)
             if not isinstance(obj, dict) or obj.get("schemaVersion") != 2:
                 raise StoreError("not an OCI index with schemaVersion 2")
             if not isinstance(obj.get("manifests"), list):
                 raise StoreError("'manifests' is not a list")
-            for entry in obj["manifests"]:
+            for entry in obj["manifests"] if check_entries else ():
                 Descriptor.from_json(entry)
         except (ValueError, StoreError) as e:
             raise self._damaged(e) from e
@@ -135,6 +166,10 @@ def _lines(data: bytes) -> list[bytes] | None:
         if not line.startswith(_INDENT + b"{") or not line.endswith(b"}") or b"\n" in line:
             return None
     return lines
+
+
+def _needle(ref: str) -> bytes:
+    return b'"' + REF_ANNOTATION.encode() + b'": ' + json.dumps(ref, ensure_ascii=False).encode()
 
 
 def _ref_in(line: bytes) -> str | None:

@@ -250,6 +250,15 @@ class Layout:
                 found[ref] = entry
         return sorted(found.items())
 
+    def find_ref(self, ref: str) -> Descriptor | None:
+        """The manifest descriptor ``ref`` (``name:tag``, as tagged) names, or None; at 10,000
+        refs this reads the index's lines without parsing them all."""
+        return self._index.find(ref)
+
+    def ref_names(self) -> list[str]:
+        """Every tagged ref, sorted (cheaper than :meth:`refs` in a large store)."""
+        return self._index.names()
+
     def resolve(self, ref_or_digest: str) -> Descriptor:
         """Find a manifest by ``name:tag``, ``name``, digest, or a digest prefix of 12+ hex."""
         return lookup.resolve(self, ref_or_digest)
