@@ -6,6 +6,14 @@ itself would follow, then sweeps the rest under the exclusive lock, so no pull o
 between adding blobs and tagging them. Lock files nobody holds go too. A signature's tag
 (``NAME:sha256-<hex>.sig``) is no root of its own: it lives as long as the manifest it signs.
 
+At scale (10,000 images) what cost was reading every reachable blob on every run. What a blob
+keeps alive is a fact of its bytes, which never change, so the edges are kept in a memo
+(oci.memo, ``cache/memo-gc-children.json``) and a run reads only blobs it has not seen: the
+mark is then a walk in memory, the sweep one ``scandir``. A memo of edges, not of marks or
+reference counts, because it cannot go stale: a mark file or counts would have to change with
+every tag, untag and build, in step with index.json, and a crash between the two would make gc
+remove a live blob. A lost or damaged memo only costs the reads again.
+
 With a retention policy (``gc --keep-last N``, oci.retention) gc first chooses, under the same
 lock, the tags that go; a chosen tag whose image a kept image is built on, or a file outside the
 store backs onto, stays tagged. Then it marks and sweeps as ever, so everything a kept image's
