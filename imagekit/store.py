@@ -17,7 +17,7 @@ from imagekit import config
 from imagekit.core.refs import parse_ref
 from imagekit.errors import RecipeError
 from imagekit.image import Image
-from imagekit.oci import gc, retention, roots
+from imagekit.oci import fsck, gc, retention, roots
 from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.media import REF_ANNOTATION, signed_digest
 from imagekit.progress import ProgressCallback, ignore_progress
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from imagekit.verify.stored import Signature
 
 GcReport = gc.GcReport
-FsckReport = gc.FsckReport
+FsckReport = fsck.FsckReport
 Root = roots.Root
 
 
@@ -495,7 +495,7 @@ class Store(Layout):
 
     def fsck(self) -> FsckReport:
         """Rehash every blob and check every ref's manifest, config and layers are present."""
-        return gc.fsck(self)
+        return fsck.fsck(self)
 
 
 def login(

@@ -1,4 +1,4 @@
-"""Garbage collection and fsck: what the refs reach stays, everything a store holds is checked.
+"""Garbage collection: what the refs reach stays, the rest goes (fsck: oci/fsck.py).
 
 gc marks from every ref, every recorded outside user (``roots/``: an ``export --link`` overlay)
 and extra roots, through manifests, overlay parent annotations and the qcow2 backing names qemu
@@ -26,14 +26,13 @@ import json
 import os
 import re
 import shutil
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from imagekit.core import atomic
-from imagekit.core.digest import hash_stream, hexpart
+from imagekit.core.digest import hexpart
 from imagekit.core.locking import remove_unheld
 from imagekit.disk import qcow2
 from imagekit.errors import StoreError
@@ -45,7 +44,7 @@ from imagekit.oci.memo import Memo
 
 _MANIFEST_MAX = 4 << 20  # a JSON blob bigger than this is not a manifest worth parsing in gc
 _TEMP_RE = re.compile(r"new-(\d+)-.*", re.DOTALL)
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+BLOB_NAME = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -66,19 +65,6 @@ class GcReport:
     removed_signatures: list[str] = field(default_factory=list)
     removed_refs: list[str] = field(default_factory=list)
     kept_refs: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class FsckReport:
-    """Every problem fsck found, each phrased as what is wrong and what to do."""
-
-    problems: list[str]
-    blobs_checked: int
-    bytes_checked: int
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
 
 
 def collect(
@@ -180,13 +166,15 @@ def _ref(entry: Descriptor) -> str | None:
 
 def _sweep_blobs(layout: Layout, marked: set[str], dry_run: bool) -> tuple[list[str], int]:
     removed, freed = [], 0
-    with os.scandir(layout.blobs_dir) as found:  # names and types: no stat per kept blob
+    # scandir gives names and types: no stat per kept blob. A name that is not a blob's is
+    # left alone (fsck reports it).
+    with os.scandir(layout.blobs_dir) as found:
         unmarked = sorted(
             (
                 entry
                 for entry in found
                 if "sha256:" + entry.name not in marked
-                and _HEX64.fullmatch(entry.name)  # not a blob name: fsck reports it, gc leaves it
+                and BLOB_NAME.fullmatch(entry.name)
                 and entry.is_file(follow_symlinks=False)
             ),
             key=lambda entry: entry.name,
@@ -199,28 +187,6 @@ def _sweep_blobs(layout: Layout, marked: set[str], dry_run: bool) -> tuple[list[
     if removed and not dry_run:
         atomic.fsync_dir(layout.blobs_dir)
     return removed, freed
-
-
-def fsck(layout: Layout) -> FsckReport:
-    """Rehash every blob, check every ref's manifest, config and layers are present, and that
-    nobody the store's permission model leaves out can read it (oci.access)."""
-    problems: list[str] = []
-    with layout.shared_lock():
-        try:
-            layout.check_layout()
-        except StoreError as e:
-            problems.append(str(e))
-        count, nbytes = _check_blobs(layout, problems)
-        problems.extend(layout.access.problems(layout.root))
-        _check_digest_key(layout, problems)
-        try:
-            entries = layout.entries()
-        except StoreError as e:
-            problems.append(str(e))
-            entries = []
-        for entry in entries:
-            _check_image(layout, entry, problems)
-    return FsckReport(problems, count, nbytes)
 
 
 def _mark(
@@ -354,81 +320,6 @@ def _sweep_tmp(layout: Layout, remove_partial: bool, dry_run: bool) -> tuple[lis
     return removed, freed
 
 
-def _check_blobs(layout: Layout, problems: list[str]) -> tuple[int, int]:
-    count = nbytes = 0
-    if not layout.blobs_dir.is_dir():
-        problems.append(f"{layout.blobs_dir} is missing; every image must be pulled again")
-        return count, nbytes
-    for path in sorted(layout.blobs_dir.iterdir()):
-        st = path.lstat()
-        if not _HEX64.fullmatch(path.name) or not stat.S_ISREG(st.st_mode):
-            problems.append(
-                f"{path} is not a blob (its name is not a sha256 or it is not a regular "
-                "file); move it out of the store"
-            )
-            continue
-        if st.st_mode & 0o222:
-            problems.append(
-                f"blob sha256:{path.name} is writable (mode {stat.S_IMODE(st.st_mode):o}); "
-                f"run `chmod {layout.access.blob_mode:04o} {path}`"
-            )
-        try:
-            with path.open("rb") as f:
-                actual = "sha256:" + hash_stream(f)["sha256"]
-        except OSError as e:
-            problems.append(f"blob sha256:{path.name} cannot be read ({e})")
-            continue
-        count += 1
-        nbytes += st.st_size
-        if actual != "sha256:" + path.name:
-            problems.append(
-                f"blob sha256:{path.name} is corrupt: its bytes hash to {actual}; delete "
-                f"{path} and pull the images that use it again"
-            )
-    return count, nbytes
-
-
-def _check_digest_key(layout: Layout, problems: list[str]) -> None:
-    """The key secrets enter build keys with is the owner's alone, group store or not."""
-    path = layout.digest_key_path
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        return
-    if mode & 0o077:
-        problems.append(
-            f"the store's digest key {path} can be read by others (mode {mode:o}), who could "
-            f"then try guesses at the secrets in build keys: run `chmod 0600 {path}`"
-        )
-
-
-def _check_image(layout: Layout, entry: Descriptor, problems: list[str]) -> None:
-    ref = entry.annotations.get(REF_ANNOTATION, entry.digest)
-    if not layout.has_blob(entry.digest):
-        problems.append(
-            f"{ref}: manifest {entry.digest} is missing; pull the image again or untag it"
-        )
-        return
-    try:
-        descriptors = manifest_descriptors(layout.manifest(entry.digest))
-        wanted: list[tuple[str, str, int | None]] = [
-            (d.media_type, d.digest, d.size) for d in descriptors
-        ]
-        wanted += [("parent disk", p, None) for p in parents(descriptors)]
-    except StoreError as e:
-        problems.append(f"{ref}: {e}")
-        return
-    for kind, digest, size in wanted:
-        path = layout.blob_path(digest)
-        if not path.is_file():
-            problems.append(f"{ref}: {kind} blob {digest} is missing; pull the image again")
-        elif size is not None and path.stat().st_size != size:
-            problems.append(
-                f"{ref}: blob {digest} has {path.stat().st_size} bytes but the manifest "
-                f"says {size}; pull the image again"
-            )
-
-
 def _is_manifest_like(obj: dict[str, object]) -> bool:
     if obj.get("mediaType") in (MEDIA_MANIFEST, MEDIA_INDEX):
         return True
@@ -442,7 +333,7 @@ def _qcow2_backing(path: Path) -> list[str]:
     destroys every overlay on it.
     """
     name = os.path.basename(qcow2.backing_name(path) or "")
-    return ["sha256:" + name] if _HEX64.fullmatch(name) else []
+    return ["sha256:" + name] if BLOB_NAME.fullmatch(name) else []
 
 
 def _pid_alive(pid: int) -> bool:
