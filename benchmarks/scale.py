@@ -9,6 +9,7 @@ loopback by benchmarks/pull.py's mirror) makes the warm pull a true cache hit.
 Each figure is the median of ``--runs`` whole processes (``python -m imagekit ...``, start-up
 included; the code byte-compiled first), on each store size:
 
+  start     ``imagekit --help``: process start-up, the floor under every whole-process figure
   images    ``imagekit images`` (the table, to a pipe)
   pull      ``imagekit pull RECIPE --json``: the warm pull, a cache hit
   inspect   ``imagekit inspect nNNNN:T --json``
@@ -35,7 +36,6 @@ import os
 import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from common import Figure, log, machine, run, stats, summary_table, terminate
+from common import Figure, log, machine, paired_ratio, run, stats, summary_table, terminate
 from pull import mirror, publish, write_recipe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -146,12 +146,13 @@ class Commands:
 
     def import_one(self) -> float:
         self.imports += 1
-        name = f"bench:import-{self.imports}"
+        name = f"bench:import-{os.getpid()}-{self.imports}"  # new in a reused store too
         return self.imagekit("import", str(self.disk), "--format", "raw", "--name", name)
 
     def measured(self) -> dict[str, Callable[[], float]]:
         some = ref_of(len(self.store.refs()) // 2)
         return {
+            "start": lambda: run([*self.cli, "--help"], self.env, self.timeout).seconds,
             "images": lambda: self.imagekit("images"),
             "pull": self.pull,
             "inspect": lambda: self.imagekit("inspect", some, "--json"),
@@ -163,18 +164,28 @@ class Commands:
         }
 
 
-def measure(commands: Commands, runs: int) -> dict[str, dict[str, Any]]:
-    """Each command ``runs`` times, interleaved run by run, after one warm-up each."""
-    measured = commands.measured()
-    for once in measured.values():
-        once()
-    samples: dict[str, list[float]] = {name: [] for name in measured}
+def measure(stores: dict[int, Commands], runs: int) -> dict[int, dict[str, dict[str, Any]]]:
+    """Each command ``runs`` times on each store, interleaved run by run and store by store
+    (so a paired ratio compares runs that shared the machine's noise), after one warm-up."""
+    measured = {size: commands.measured() for size, commands in stores.items()}
+    for by_name in measured.values():
+        for once in by_name.values():
+            once()
+    samples: dict[int, dict[str, list[float]]] = {
+        size: {name: [] for name in by_name} for size, by_name in measured.items()
+    }
     for i in range(runs):
         os.sync()
-        for name, once in measured.items():
-            samples[name].append(once())
-        log(f"  run {i + 1}/{runs}: " + ", ".join(f"{n} {s[-1]:.3f}" for n, s in samples.items()))
-    return {name: stats(values) for name, values in samples.items()}
+        for name in next(iter(measured.values())):
+            for size, by_name in measured.items():
+                samples[size][name].append(by_name[name]())
+        for size, by_size in samples.items():
+            done = ", ".join(f"{n} {s[-1]:.3f}" for n, s in by_size.items())
+            log(f"  run {i + 1}/{runs}, {size} refs: {done}")
+    return {
+        size: {name: stats(values) for name, values in by_size.items()}
+        for size, by_size in samples.items()
+    }
 
 
 def benchmark(work: Path, sizes: Sequence[int], runs: int, timeout: float) -> dict[str, Any]:
@@ -190,17 +201,21 @@ def benchmark(work: Path, sizes: Sequence[int], runs: int, timeout: float) -> di
     results: dict[str, Any] = {"machine": machine(), "runs": runs, "sizes": {}}
     with mirror(upstream / "pub") as base:
         write_recipe(published, base)
+        stores = {}
         for size in sizes:
             store = build_store(work / f"store-{size}", size)
             commands = Commands(store, published.recipe, disk, timeout)
             commands.imagekit("pull", str(published.recipe))  # the one real image: later
             # pulls of it are cache hits
             commands.imagekit("gc")  # what earlier runs left: gc-0 must find nothing
-            log(f"measuring the store of {size} refs ({len(store.refs())} refs now)")
+            stores[size] = commands
+        log(f"measuring the stores of {', '.join(map(str, sizes))} refs")
+        for size, by_name in measure(stores, runs).items():
+            store = stores[size].store
             results["sizes"][str(size)] = {
                 "refs": len(store.refs()),
                 "blobs": sum(1 for _ in store.blobs_dir.iterdir()),
-                "figures": measure(commands, runs),
+                "figures": by_name,
             }
     shutil.rmtree(upstream)
     results["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -268,7 +283,7 @@ def figures(results: dict[str, Any]) -> list[Figure]:
 
 
 def _paired(figure: dict[str, Any], base: dict[str, Any]) -> float:
-    return statistics.median(a / b for a, b in zip(figure["runs_s"], base["runs_s"], strict=True))
+    return paired_ratio(figure["runs_s"], base["runs_s"])
 
 
 def report(results: dict[str, Any]) -> str:
