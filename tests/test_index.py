@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import random
 import shutil
 import subprocess
 
@@ -98,3 +100,28 @@ def test_one_ref_is_found_and_names_listed_without_parsing_every_entry(store: St
         assert store.resolve("b").digest == digests["b:1"]  # a bare name: its only tag
         index = store.root / "index.json"
         index.write_text(json.dumps(json.loads(index.read_text()), indent=2))
+
+
+def test_a_damaged_line_form_raises_only_store_errors_on_every_path(store: Store) -> None:
+    for n, ref in enumerate(["a:1", "b:1", "c:1"]):
+        tagged(store, ref, bytes([n]) * 512)
+    index = store.root / "index.json"
+    good = index.read_bytes()
+    target = store.resolve("a:1")
+    rng = random.Random(14)
+    paths = [
+        store.refs,
+        store.ref_names,
+        lambda: store.find_ref("b:1"),
+        lambda: store.resolve("c"),
+        lambda: store.untag("b:1"),
+        lambda: store.tag("d:1", target),
+    ]
+    for _ in range(150):
+        damaged = bytearray(good)
+        for _ in range(rng.randint(1, 3)):
+            damaged[rng.randrange(len(damaged))] = rng.choice(b'{}[]",:\n\\x0\xff')
+        for path in paths:
+            index.write_bytes(bytes(damaged))
+            with contextlib.suppress(StoreError):  # anything else fails the test
+                path()

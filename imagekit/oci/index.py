@@ -85,7 +85,7 @@ class IndexFile:
         if _lines(data) is None:
             found = {e.annotations.get(REF_ANNOTATION) for e in self.entries()}
             return sorted(r for r in found if r is not None)
-        return sorted({m[1].decode() for m in _REF.finditer(data, len(_HEAD))})
+        return sorted({m[1].decode(errors="replace") for m in _REF.finditer(data, len(_HEAD))})
 
     def edit(self, drop: Collection[str], add: Descriptor | None = None) -> list[Descriptor]:
         """Remove the entries of the refs in ``drop``, then append ``add``; returns the removed.
@@ -175,7 +175,7 @@ def _needle(ref: str) -> bytes:
 def _ref_in(line: bytes) -> str | None:
     """The ref a compact entry line names (a ref has no character JSON escapes)."""
     found = _REF.search(line)
-    return found[1].decode() if found else None
+    return found[1].decode(errors="replace") if found else None
 
 
 def _ref_of(entry: Any) -> str | None:
