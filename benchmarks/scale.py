@@ -18,6 +18,7 @@ included; the code byte-compiled first), on each store size:
   gc-0      ``imagekit gc --json`` with nothing to remove
   gc-10     ``imagekit gc --json`` after ten images were untagged (30 blobs to remove)
   import    ``imagekit import DISK --name ...``: one more image
+  */api     images, inspect and gc-0 through the API in this process, on a fresh Store
 
 Targets at 10,000 refs: images < 1 s, warm pull and inspect < 0.3 s, a tag < 0.1 s, and gc
 growing with what it removes rather than with the store: gc-0 at 10k within 1.5x of gc-0 at 1k
@@ -161,7 +162,19 @@ class Commands:
             "gc-0": lambda: self.gc_removing(0),
             "gc-10": lambda: self.gc_removing(10),
             "import": self.import_one,
+            # The same work in this process, on a fresh Store: what grows with the store, without
+            # the interpreter's start-up (which dominates the figures above on a loaded machine).
+            "images/api": lambda: self.in_process(lambda store: store.summaries()),
+            "inspect/api": lambda: self.in_process(
+                lambda store: (store.image(some), store.signatures(some))
+            ),
+            "gc-0/api": lambda: self.in_process(lambda store: store.gc()),
         }
+
+    def in_process(self, work: Callable[[Store], object]) -> float:
+        start = time.perf_counter()
+        work(Store(self.store.root))
+        return time.perf_counter() - start
 
 
 def measure(stores: dict[int, Commands], runs: int) -> dict[int, dict[str, dict[str, Any]]]:
