@@ -111,7 +111,8 @@ class Image:
 
     def summary(self) -> dict[str, Any]:
         """The fields scripts rely on (``pull --json``)."""
-        return _summary(self.store, self.ref, self.digest, self.facts(), cached=self.cached)
+        blobs = f"{self.store.blobs_dir}/"
+        return _summary(blobs, self.ref, self.digest, self.facts(), cached=self.cached)
 
     def facts(self) -> dict[str, Any]:
         """What a summary says of the manifest itself, whatever its ref: memoized by
@@ -132,25 +133,26 @@ def summaries(store: Layout, tagged: Sequence[tuple[str, Descriptor]]) -> list[d
     (oci.memo): ``imagekit images`` at 10,000 refs reads the index, not 20,000 blobs.
     """
     memo = Memo(store, "summaries")
+    blobs = f"{store.blobs_dir}/"  # a path per row: pathlib would cost more than the rest
     rows = []
     for ref, descriptor in tagged:
         facts = memo.get(descriptor.digest)
         if not _facts_shape(facts):
             facts = Image.from_descriptor(store, descriptor).facts()
             memo.put(descriptor.digest, facts)
-        rows.append(_summary(store, ref, descriptor.digest, facts))
+        rows.append(_summary(blobs, ref, descriptor.digest, facts))
     memo.save(keep=[d.digest for _, d in tagged])
     return rows
 
 
 def _summary(
-    store: Layout, ref: str | None, digest: str, facts: dict[str, Any], *, cached: bool = False
+    blobs: str, ref: str | None, digest: str, facts: dict[str, Any], *, cached: bool = False
 ) -> dict[str, Any]:
     return {
         "ref": ref,
         "digest": digest,
         "image": facts["image"],
-        "path": str(store.blob_path(facts["image"])),
+        "path": blobs + facts["image"].removeprefix("sha256:"),
         "format": facts["format"],
         "size": facts["size"],
         "verification": facts["verification"],

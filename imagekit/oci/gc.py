@@ -29,10 +29,10 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import repeat
 from pathlib import Path
 
 from imagekit.core import atomic
-from imagekit.core.digest import hexpart
 from imagekit.core.locking import remove_unheld
 from imagekit.disk import qcow2
 from imagekit.errors import StoreError
@@ -105,7 +105,8 @@ def collect(
         removed_refs = sorted(leaving - kept_refs.keys())
         if removed_refs and not dry_run:
             layout.untag_all(removed_refs)
-        remaining = [d for d in entries if _ref(d) not in leaving or _ref(d) in kept_refs]
+        gone = set(removed_refs)
+        remaining = [d for d in entries if _ref(d) not in gone] if gone else entries
         unsigned = _mark_signatures(layout, remaining, marked, memo, dry_run)
         removed, freed = _sweep_blobs(layout, marked, dry_run)
         if not dry_run:
@@ -203,20 +204,21 @@ def _mark(
             continue
         marked.add(digest)
         known = memo.get(digest) if memo is not None else None
-        if isinstance(known, list) and all(isinstance(h, str) for h in known):
-            work.extend("sha256:" + h for h in known)
+        if type(known) is list and all(map(isinstance, known, repeat(str))):
+            work.extend(known)
             continue
         children = _children(layout, digest)
         if children is not None:
             if memo is not None:
-                memo.put(digest, [hexpart(c) for c in children])
+                memo.put(digest, children)
             work.extend(children)
     return marked
 
 
 def _signed(entry: Descriptor) -> str | None:
     """The manifest digest a signature entry signs (None: the entry is not a signature)."""
-    return signed_digest(entry.annotations.get(REF_ANNOTATION, "").partition(":")[2])
+    tag = entry.annotations.get(REF_ANNOTATION, "").partition(":")[2]
+    return signed_digest(tag) if tag.endswith(".sig") else None
 
 
 def _mark_signatures(

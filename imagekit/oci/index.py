@@ -66,7 +66,7 @@ class IndexFile:
     def find(self, ref: str) -> Descriptor | None:
         """The entry of ``ref`` (the last, if a hand edit left two), parsing only its line."""
         data = self._read()
-        if _lines(data) is None:
+        if not _line_form(data):
             found = [e for e in self.entries() if e.annotations.get(REF_ANNOTATION) == ref]
             return found[-1] if found else None
         at = data.rfind(_needle(ref))
@@ -82,7 +82,7 @@ class IndexFile:
     def names(self) -> list[str]:
         """Every tagged ref, sorted, without parsing the entries."""
         data = self._read()
-        if _lines(data) is None:
+        if not _line_form(data):
             found = {e.annotations.get(REF_ANNOTATION) for e in self.entries()}
             return sorted(r for r in found if r is not None)
         return sorted({m[1].decode(errors="replace") for m in _REF.finditer(data, len(_HEAD))})
@@ -154,6 +154,15 @@ class IndexFile:
 
 def _line(entry: dict[str, Any]) -> bytes:
     return _INDENT + json.dumps(entry, sort_keys=True, ensure_ascii=False).encode()
+
+
+def _line_form(data: bytes) -> bool:
+    """Whether ``data`` is in imagekit's form as far as a lookup needs: the head, the tail, and
+    every newline between them a separator of entries (counted at C speed, nothing parsed)."""
+    if not (data.startswith(_HEAD) and data.endswith(_TAIL)):
+        return False
+    start, end = len(_HEAD), len(data) - len(_TAIL)
+    return data.count(b"\n", start, end) == data.count(_SEPARATOR, start, end)
 
 
 def _lines(data: bytes) -> list[bytes] | None:

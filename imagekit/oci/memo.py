@@ -3,7 +3,7 @@
 At 10,000 images, reading every manifest is what ``images`` and ``gc`` would spend their time
 on; a memo keeps, per blob, the little they need of it (``images``: a manifest's disk, format,
 size and verification; gc: the digests a blob keeps alive). One JSON file per memo in
-``cache/`` maps a blob's hex to that value; it is loaded whole and written by temp + rename.
+``cache/`` maps a blob's digest to that value; it is loaded whole and written by temp + rename.
 A memo is never the only copy of anything: a missing, damaged or unwritable one is rebuilt
 from the blobs, and a value of the wrong shape is read from the blob again.
 """
@@ -15,7 +15,6 @@ from collections.abc import Collection
 from typing import Any
 
 from imagekit.core import atomic
-from imagekit.core.digest import hexpart
 from imagekit.oci.layout import Layout
 
 
@@ -34,10 +33,10 @@ class Memo:
 
     def get(self, digest: str) -> Any:
         """The value recorded for ``digest``, or None."""
-        return self._values.get(hexpart(digest))
+        return self._values.get(digest)
 
     def put(self, digest: str, value: Any) -> None:
-        self._values[hexpart(digest)] = value
+        self._values[digest] = value
         self._changed = True
 
     def save(self, keep: Collection[str] | None = None) -> None:
@@ -46,9 +45,9 @@ class Memo:
         Best effort: a store this user may only read (a group member) keeps no memo.
         """
         if keep is not None:
-            wanted = {hexpart(d) for d in keep}
-            if any(h not in wanted for h in self._values):
-                self._values = {h: v for h, v in self._values.items() if h in wanted}
+            wanted = keep if isinstance(keep, (set, frozenset, dict)) else set(keep)
+            if any(d not in wanted for d in self._values):
+                self._values = {d: v for d, v in self._values.items() if d in wanted}
                 self._changed = True
         if not self._changed:
             return
