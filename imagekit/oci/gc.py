@@ -184,7 +184,7 @@ def _sweep_blobs(layout: Layout, marked: set[str], dry_run: bool) -> tuple[list[
         removed.append("sha256:" + entry.name)
         freed += entry.stat(follow_symlinks=False).st_size
         if not dry_run:
-            os.unlink(entry.path)
+            Path(entry.path).unlink()  # per removed blob only
     if removed and not dry_run:
         atomic.fsync_dir(layout.blobs_dir)
     return removed, freed
