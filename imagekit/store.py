@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
@@ -16,7 +17,7 @@ from imagekit import config
 from imagekit.core.refs import parse_ref
 from imagekit.errors import RecipeError
 from imagekit.image import Image
-from imagekit.oci import gc, roots
+from imagekit.oci import fsck, gc, retention, roots
 from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.media import REF_ANNOTATION, signed_digest
 from imagekit.progress import ProgressCallback, ignore_progress
@@ -40,13 +41,14 @@ if TYPE_CHECKING:
     from imagekit.check import CheckReport, Profile
     from imagekit.net.transport import Transport
     from imagekit.oci.multiarch import IndexPushReport
+    from imagekit.oci.prune import PruneReport
     from imagekit.oci.transfer import PushReport
     from imagekit.sources import http, registry
     from imagekit.verify.keys import KeyFiles, PrivateKey
     from imagekit.verify.stored import Signature
 
 GcReport = gc.GcReport
-FsckReport = gc.FsckReport
+FsckReport = fsck.FsckReport
 Root = roots.Root
 
 
@@ -392,11 +394,18 @@ class Store(Layout):
 
     def images(self) -> list[Image]:
         """Every tagged image, sorted by ref."""
-        return [
-            Image.from_descriptor(self, descriptor)
-            for ref, descriptor in self.refs()
-            if signed_digest(ref.partition(":")[2]) is None  # a signature is not an image
-        ]
+        return [Image.from_descriptor(self, descriptor) for _, descriptor in self._image_refs()]
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """:meth:`Image.summary` of every tagged image, sorted by ref, reading only manifests
+        not listed before (what ``imagekit images`` shows)."""
+        from imagekit.image import summaries
+
+        return summaries(self, self._image_refs())
+
+    def _image_refs(self) -> list[tuple[str, Descriptor]]:
+        # a signature (NAME:sha256-<hex>.sig) is not an image
+        return [(r, d) for r, d in self.refs() if signed_digest(r.partition(":")[2]) is None]
 
     def sign(
         self,
@@ -484,16 +493,57 @@ class Store(Layout):
         extra_roots: Iterable[str] = (),
         remove_partial: bool = False,
         dry_run: bool = False,
+        keep_last: int | None = None,
+        older_than: timedelta | None = None,
     ) -> GcReport:
         """Remove blobs no ref, root or extra root reaches, temps of processes that died, and
-        lock files nobody holds; roots whose file is gone are dropped first."""
+        lock files nobody holds; roots whose file is gone are dropped first.
+
+        With ``keep_last`` each image name keeps its N newest images and, with ``older_than``,
+        also those younger than that; the other tags go first, except those a kept image is
+        built on or a file outside the store backs onto (oci.retention).
+        """
+        policy = None
+        if keep_last is not None:
+            policy = retention.Policy(keep_last, older_than)
+        elif older_than is not None:
+            raise RecipeError("--older-than needs --keep-last N (the newest N always stay)")
         return gc.collect(
-            self, extra_roots=extra_roots, remove_partial=remove_partial, dry_run=dry_run
+            self,
+            extra_roots=extra_roots,
+            remove_partial=remove_partial,
+            dry_run=dry_run,
+            policy=policy,
         )
+
+    def prune(
+        self,
+        target: str,
+        *,
+        keep_last: int,
+        older_than: timedelta | None = None,
+        dry_run: bool = False,
+        insecure: bool = False,
+        transport: Transport | None = None,
+    ) -> PruneReport:
+        """Retention in a registry repository (``oci://HOST/REPO``): delete by digest the
+        manifests :meth:`gc`'s policy would untag, and their signatures (oci.prune)."""
+        from imagekit.oci.prune import prune
+        from imagekit.oci.reference import RegistryRef
+        from imagekit.oci.registry import Registry
+
+        parsed = RegistryRef.parse(target)
+        if parsed.tag or parsed.digest:
+            raise RecipeError(f"prune takes a repository, oci://HOST/REPO, not a tag: {target}")
+        policy = retention.Policy(keep_last, older_than)
+        remote = Registry(
+            parsed.host, transport=transport, insecure=insecure, repository=parsed.repository
+        )
+        return prune(remote, parsed.repository, policy, dry_run=dry_run)
 
     def fsck(self) -> FsckReport:
         """Rehash every blob and check every ref's manifest, config and layers are present."""
-        return gc.fsck(self)
+        return fsck.fsck(self)
 
 
 def login(
