@@ -60,6 +60,7 @@ class HttpSource:
     format: str = HTTP.default("format")
     filename: str = ""  # the name the checksum file lists; defaults to the URL's last component
     mirror_root: str = ""  # the URL prefix that ``--mirror`` replaces
+    mirrors: tuple[str, ...] = ()  # more roots replacing mirror_root, for the image's bytes only
     level: str = ""  # the verification level the recipe requires ("": whatever the evidence is)
     release_keys: Mapping[str, KeyPin] = field(default_factory=dict)
     resolve: ResolveSpec | None = None

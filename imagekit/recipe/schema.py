@@ -107,6 +107,13 @@ HTTP = Table(
             "the URL prefix `--mirror` replaces; default: the URL's directory; required with "
             "`[resolve]`, and every URL the recipe reads must start with it",
         ),
+        Key(
+            "mirrors",
+            forms.WORDS,
+            "more roots publishing the same tree as `mirror_root`: the image's bytes may also "
+            "come from them (several Range connections, one sha256 over the file); the "
+            "checksum file and signature do not, and the checksum stays what the bytes must match",
+        ),
     ),
     kind="http",
 )

@@ -9,13 +9,14 @@ before any qemu tool opens them; only then do they enter ``blobs/``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypedDict
 
 from imagekit import catalog, provenance
+from imagekit.config import DEFAULT_CONNECTIONS
 from imagekit.core.digest import file_digest, hexpart, sha256_bytes
 from imagekit.core.refs import parse_ref
 from imagekit.disk import header, qemu_img
@@ -56,10 +57,14 @@ class FetchOptions:
     ``refresh`` re-checks upstream metadata and ignores a matching ref; ``offline`` makes no
     request (cached metadata, stored blobs only); ``allow_loopback_http`` lets checksum-over-tls
     recipes read checksum files over plain http from 127.0.0.1/localhost (tests, a local proxy);
-    ``keys_override`` replaces every recipe's pinned keys, recorded in provenance.
+    ``keys_override`` replaces every recipe's pinned keys, recorded in provenance;
+    ``connections`` is how many Range connections a large image may use, ``mirrors`` more roots
+    (beside the recipe's ``mirrors``) its bytes may come from.
     """
 
     mirror: str | None = None
+    connections: int = DEFAULT_CONNECTIONS
+    mirrors: tuple[str, ...] = ()
     refresh: bool = False
     offline: bool = False
     allow_loopback_http: bool = False
@@ -71,6 +76,8 @@ class NetworkOptions(TypedDict, total=False):
     """:class:`FetchOptions` as keyword arguments of the public API (``Store.pull(mirror=...)``)."""
 
     mirror: str | None
+    connections: int
+    mirrors: tuple[str, ...]
     refresh: bool
     offline: bool
     allow_loopback_http: bool
@@ -89,7 +96,9 @@ class Session:
 
     @property
     def downloader(self) -> Downloader:
-        return Downloader(self.layout.tmp_dir, transport=self.transport)
+        return Downloader(
+            self.layout.tmp_dir, transport=self.transport, connections=self.options.connections
+        )
 
     @contextmanager
     def upstream(self) -> Iterator[UpstreamCache]:
@@ -119,19 +128,27 @@ class Plan:
     checksum_url: str | None
     signature_url: str | None
     mirror: str | None
+    mirrors: tuple[str, ...] = ()  # the image on other mirrors: more places for its bytes
 
 
-def plan(source: HttpSource, mirror: str | None = None) -> Plan:
-    """Rewrite the recipe's URLs onto a mirror: ``mirror_root`` is replaced by ``mirror``."""
+def plan(source: HttpSource, mirror: str | None = None, mirrors: Sequence[str] = ()) -> Plan:
+    """Rewrite the recipe's URLs onto a mirror: ``mirror_root`` is replaced by ``mirror``.
+
+    The image's URL on each of ``mirrors`` and the recipe's own is where its segments may also
+    come from; the evidence is read from one place only.
+    """
 
     def rewrite(url: str | None) -> str | None:
         return None if url is None else on_mirror(url, source.mirror_root, mirror)
 
+    url = on_mirror(source.url, source.mirror_root, mirror)
+    others = (on_mirror(source.url, source.mirror_root, m) for m in (*source.mirrors, *mirrors))
     return Plan(
-        url=on_mirror(source.url, source.mirror_root, mirror),
+        url=url,
         checksum_url=rewrite(source.checksum_url),
         signature_url=rewrite(source.signature_url),
         mirror=mirror or None,
+        mirrors=tuple(u for u in dict.fromkeys(others) if u != url),
     )
 
 
@@ -195,13 +212,13 @@ def _fetch_target(session: Session, recipe: Recipe, target: Target, cache: Upstr
     """Verify the evidence for the resolved file, then fetch, inspect and store it."""
     layout, progress = session.layout, session.progress
     source = target.source
-    urls = plan(source, session.options.mirror)
+    urls = plan(source, session.options.mirror, session.options.mirrors)
     if target.resolution is not None:
         progress(ProgressEvent("resolve", f"{recipe.ref} is {source.filename}"))
     progress(ProgressEvent("verify", f"checking evidence for {source.filename}"))
     evidence = _verify(recipe, target, urls, cache, session.options.allow_loopback_http)
     disk, info, fetched_from = fetch_disk(
-        session, DiskRequest(urls.url, source.format, evidence.expect), cache=cache
+        session, DiskRequest(urls.url, source.format, evidence.expect, urls.mirrors), cache=cache
     )
     stored = [
         layout.add_bytes(fetched.body, media)
@@ -222,6 +239,7 @@ def _fetch_target(session: Session, recipe: Recipe, target: Target, cache: Upstr
             "url": source.url,
             "fetched_from": fetched_from,
             "mirror": urls.mirror,
+            "mirrors": list(urls.mirrors),
             "checksum_url": source.checksum_url,
             "checksum_url_fetched": evidence.checksum.url if evidence.checksum else None,
             "signature_url": source.signature_url,
@@ -307,6 +325,7 @@ class DiskRequest:
     url: str
     disk_format: str
     expect: Expectation
+    mirrors: tuple[str, ...] = ()  # the same file elsewhere: segments may come from them too
 
 
 class FetchedDisk(NamedTuple):
@@ -345,7 +364,12 @@ def fetch_disk(
         algorithms = sorted({"sha256", *expect.digests})
         name = hexpart(sha256_bytes(url.encode()))[:32]
         result = session.downloader.download(
-            url, name=name, algorithms=algorithms, expected_size=expect.size, progress=progress
+            url,
+            name=name,
+            algorithms=algorithms,
+            expected_size=expect.size,
+            progress=progress,
+            mirrors=request.mirrors,
         )
         try:
             expect.check(result.digests, result.size, url)
