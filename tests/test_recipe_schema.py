@@ -50,6 +50,7 @@ insecure = false
 format = "raw"
 filename = "{{name}}.img"
 mirror_root = "https://example.org/"
+mirrors = ["https://mirror.example.net/pub/"]
 [[customize]]
 hostname = "web1"
 """

@@ -61,7 +61,8 @@ _ALGORITHMS = hashlib.algorithms_guaranteed - {"shake_128", "shake_256"}
 class Downloader:
     """Downloads into ``tmp_dir``; one instance serves many downloads and reuses connections.
 
-    ``connections`` is how many Range requests one large download may have in flight; the
+    ``connections`` is how many Range requests a download larger than one ``segment_size``
+    may have in flight; the
     default, 1, is one stream (pulls pass the configured ``connections``, default 4).
     """
 
@@ -72,6 +73,7 @@ class Downloader:
         transport: Transport | None = None,
         chunk_size: int = 1 << 20,
         connections: int = 1,
+        segment_size: int = segments.SEGMENT_SIZE,
     ) -> None:
         if not 1 <= connections <= MAX_CONNECTIONS:
             raise FetchError(f"connections must be 1 to {MAX_CONNECTIONS}, not {connections}")
@@ -79,6 +81,7 @@ class Downloader:
         self.transport = transport or Transport()
         self.chunk_size = chunk_size
         self.connections = connections
+        self.segment_size = segment_size
 
     def download(
         self,
@@ -142,12 +145,18 @@ class Downloader:
         """
         path = job.partial.path
         if not segmented_partial(path, job.url):
-            small = job.expected_size is not None and job.expected_size < segments.MIN_SEGMENTED
+            small = job.expected_size is not None and job.expected_size <= self.segment_size
             if self.connections < 2 or small or plain_partial(path, job.url):
                 return None
         urls = (job.url, *(m for m in mirrors if scheme(m) != "file" and m != job.url))
         request = segments.Request(
-            urls, path, job.partial.algorithms, job.expected_size, self.connections, self.chunk_size
+            urls,
+            path,
+            job.partial.algorithms,
+            job.expected_size,
+            self.connections,
+            self.chunk_size,
+            self.segment_size,
         )
         try:
             return segments.fetch(self.transport, request, job.meter)

@@ -44,7 +44,6 @@ from imagekit.net.partfile import (
 from imagekit.net.transport import Transient, Transport, content_range, raise_for_status
 
 SEGMENT_SIZE = 8 << 20
-MIN_SEGMENTED = 4 * SEGMENT_SIZE  # below this one connection is as quick, and one request less
 _HASH_BLOCK = 4 << 20
 _RECORD_INTERVAL = 0.25  # seconds between sidecar rewrites: at most a few segments are redone
 
@@ -156,8 +155,8 @@ class _Fetch:
         if earlier is not None and not resumable:
             discard(self.part)
             earlier = None
-        if earlier is None and probe.total < MIN_SEGMENTED:
-            raise NoRanges
+        if earlier is None and probe.total <= self.request.segment_size:
+            raise NoRanges  # one segment: one connection is as quick
         fd = self._open(probe, earlier)
         try:
             return self._fetch_all(fd, probe)
