@@ -73,7 +73,7 @@ class Downloader:
         transport: Transport | None = None,
         chunk_size: int = 1 << 20,
         connections: int = 1,
-        segment_size: int = segments.SEGMENT_SIZE,
+        segment_size: int | None = None,
     ) -> None:
         if not 1 <= connections <= MAX_CONNECTIONS:
             raise FetchError(f"connections must be 1 to {MAX_CONNECTIONS}, not {connections}")
@@ -81,7 +81,7 @@ class Downloader:
         self.transport = transport or Transport()
         self.chunk_size = chunk_size
         self.connections = connections
-        self.segment_size = segment_size
+        self.segment_size = segment_size or segments.SEGMENT_SIZE
 
     def download(
         self,
