@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.errors import FetchError
+import imagekit
+from imagekit.errors import ChecksumError, FetchError
 from imagekit.net.download import Downloader, FetchResult
 from imagekit.net.transport import Transport
 from imagekit.progress import ProgressEvent
+from imagekit.store import Store
+from tests.conftest import Upstream, make_qcow2
 from tests.httpserver import LoopbackServer
 
 SEGMENT = 256 << 10
@@ -283,3 +286,71 @@ def test_giving_up_keeps_the_complete_segments(server: LoopbackServer, tmp_dir: 
     result = d.download(url, name="img")
     assert result.path.read_bytes() == data
     assert result.transferred == len(data) - 2 * SEGMENT
+
+
+# --- through a pull: recipe and config mirrors, the checksum as the judge -------------------
+
+MIRRORED = "Mirrored-Cloud-1.qcow2"
+
+
+@pytest.fixture(scope="module")
+def three_segments(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A qcow2 just over two default (8 MiB) segments: the first comes alone (it measures one
+    connection), the next two at once, one of them from a mirror."""
+    return make_qcow2(tmp_path_factory.mktemp("seg") / "disk.qcow2", size=16 << 20, seed=21)
+
+
+def test_a_pull_takes_segments_from_the_recipes_mirrors(
+    upstream: Upstream, tmp_path: Path, three_segments: bytes
+) -> None:
+    upstream.publish(MIRRORED, three_segments)
+    with LoopbackServer() as other:
+        other.add(f"/copy/{MIRRORED}", three_segments)
+        root = other.url("/copy/")
+        recipe = upstream.recipe(MIRRORED, extra=f'mirrors = ["{root}"]\n')
+        image = Store(tmp_path / "store").pull(imagekit.load_recipe(recipe))
+        from_mirror = [e.range for e in other.log() if e.status == 206]
+    assert image.path.read_bytes() == three_segments
+    from_upstream = [e.range for e in upstream.server.log(f"/pub/{MIRRORED}") if e.status == 206]
+    assert from_mirror and len(from_upstream) >= 2  # the probe, and at least one segment
+    assert image.provenance["source"]["mirrors"] == [root + MIRRORED]
+    assert image.provenance["source"]["fetched_from"] == upstream.server.url(f"/pub/{MIRRORED}")
+
+
+def test_a_config_mirror_serving_other_bytes_fails_the_pull_and_stores_nothing(
+    upstream: Upstream, tmp_path: Path, three_segments: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream.publish(MIRRORED, three_segments)
+    home = tmp_path / "xdg"
+    (home / "imagekit").mkdir(parents=True)
+    with LoopbackServer() as other:
+        other.add(f"/copy/{MIRRORED}", blob(len(three_segments), seed=22))
+        config = f'connections = 2\nmirrors = ["{other.url("/copy/")}"]\n'
+        (home / "imagekit" / "config.toml").write_text(config)
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+        store = imagekit.open_store(tmp_path / "store")
+        assert (store.connections, len(store.mirrors)) == (2, 1)
+        with pytest.raises(ChecksumError):
+            store.pull(imagekit.load_recipe(upstream.recipe(MIRRORED)))
+        assert any(e.status == 206 for e in other.log())
+    assert store.refs() == []
+    assert not list(store.tmp_dir.glob("*.part*"))
+    assert not (store.blobs_dir / hashlib.sha256(three_segments).hexdigest()).exists()
+
+
+def test_the_ramp_keeps_all_connections_only_when_they_beat_one() -> None:
+    from imagekit.net.segments import _Ramp
+
+    capped = _Ramp(4)
+    assert capped.allowed == 1  # the first segment alone
+    capped.done(8 << 20, 0.2, 8 << 20, now=0.2)  # one connection: 42 MB/s
+    assert capped.allowed == 4
+    for k in range(1, 5):  # four at once: 4 x 42 MB/s
+        capped.done(8 << 20, 0.2, (8 << 20) * (1 + k), now=0.2 + 0.2 * k / 4)
+    assert capped.allowed == 4
+
+    local = _Ramp(4)
+    local.done(8 << 20, 0.02, 8 << 20, now=0.02)  # one connection: 420 MB/s
+    for k in range(1, 5):  # four at once were no faster than that one
+        local.done(8 << 20, 0.08, (8 << 20) * (1 + k), now=0.02 + 0.02 * k * 1.1)
+    assert local.allowed == 1

@@ -12,6 +12,11 @@ trust anchor: a mirror only has to serve the same length.
 
 A server that answers a Range request with 200, or the whole file, or a different length, is
 not used for segments; when no URL is left the caller falls back to one connection.
+
+More connections help only when the mirror caps each one: when this machine is the limit (a
+fast link, a busy CPU) extra threads only contend. So the first segment comes over one
+connection alone, which says how fast one is; then all connections start, and once each has
+finished a segment, unless together they were clearly faster, the download goes on over one.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from imagekit.net.transport import Transient, Transport, content_range, raise_fo
 
 SEGMENT_SIZE = 8 << 20
 _HASH_BLOCK = 4 << 20
+_GAIN = 1.25  # all connections must beat one by this much to be kept
 _RECORD_INTERVAL = 0.25  # seconds between sidecar rewrites: at most a few segments are redone
 
 
@@ -90,6 +96,35 @@ def fetch(transport: Transport, request: Request, meter: Meter) -> FetchResult:
     return _Fetch(transport, request, meter).run()
 
 
+class _Ramp:
+    """How many workers may take segments: one, until its first segment has measured one
+    connection; then all; back to one if all together were not ``_GAIN`` times faster."""
+
+    def __init__(self, connections: int) -> None:
+        self.connections = connections
+        self.allowed = 1
+        self.single: float | None = None  # bytes/s of the first segment, alone
+        self._since = self._have = 0.0
+        self._left = connections  # segments to complete before judging the others
+        self._judged = connections == 1
+
+    def done(self, nbytes: int, seconds: float, have: int, now: float) -> None:
+        """A segment of ``nbytes`` took ``seconds``; ``have`` bytes are in so far (all workers)."""
+        if self.single is None:
+            self.single = nbytes / max(seconds, 1e-6)
+            self.allowed = self.connections
+            self._since, self._have = now, have
+            return
+        if self._judged:
+            return
+        self._left -= 1
+        if self._left <= 0:
+            together = (have - self._have) / max(now - self._since, 1e-6)
+            if together < _GAIN * self.single:
+                self.allowed = 1
+            self._judged = True
+
+
 class _Segments:
     """Which segments are complete, how far each unfinished one got, and the hash frontier."""
 
@@ -130,6 +165,7 @@ class _Fetch:
         self.error: BaseException | None = None
         self.urls: list[str] = []  # the URLs still used for segments, primary first
         self.transferred = 0
+        self.ramp = _Ramp(request.connections)
         self._record_lock = threading.Lock()
         self._recorded_at = 0.0
 
@@ -303,16 +339,22 @@ class _Fetch:
         return {a: h.hexdigest() for a, h in zip(self.request.algorithms, hashers, strict=True)}
 
     def _work(self, fd: int, worker: int) -> None:
+        segs, ramp = self.segments, self.ramp
         try:
             while True:
                 with self.cond:
-                    if self.error is not None or not self.segments.pending:
+                    while worker >= ramp.allowed and ramp.single is None and self.error is None:
+                        self.cond.wait()
+                    if self.error is not None or not segs.pending or worker >= ramp.allowed:
                         return
-                    i = self.segments.pending.popleft()
+                    i = segs.pending.popleft()
+                began = time.monotonic()
                 self._segment(fd, i, worker)
                 with self.cond:
-                    self.segments.done.add(i)
-                    self.segments.got.pop(i, None)
+                    segs.done.add(i)
+                    segs.got.pop(i, None)
+                    now = time.monotonic()
+                    ramp.done(segs.end(i) - segs.start(i), now - began, segs.have, now)
                     self.cond.notify_all()
                 self._record()
         except BaseException as exc:
