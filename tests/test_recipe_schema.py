@@ -51,6 +51,7 @@ format = "raw"
 filename = "{{name}}.img"
 mirror_root = "https://example.org/"
 mirrors = ["https://mirror.example.net/pub/"]
+metalink = "https://mirrors.example.net/metalink?path={{name}}"
 [[customize]]
 hostname = "web1"
 """

@@ -304,6 +304,7 @@ def test_a_pull_takes_segments_from_the_recipes_mirrors(
     upstream: Upstream, tmp_path: Path, three_segments: bytes
 ) -> None:
     upstream.publish(MIRRORED, three_segments)
+    upstream.server.throttle(f"/pub/{MIRRORED}", 16 << 20)  # the other workers start meanwhile
     with LoopbackServer() as other:
         other.add(f"/copy/{MIRRORED}", three_segments)
         root = other.url("/copy/")
@@ -321,6 +322,7 @@ def test_a_config_mirror_serving_other_bytes_fails_the_pull_and_stores_nothing(
     upstream: Upstream, tmp_path: Path, three_segments: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     upstream.publish(MIRRORED, three_segments)
+    upstream.server.throttle(f"/pub/{MIRRORED}", 16 << 20)  # the other workers start meanwhile
     home = tmp_path / "xdg"
     (home / "imagekit").mkdir(parents=True)
     with LoopbackServer() as other:

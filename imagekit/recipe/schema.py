@@ -108,6 +108,13 @@ HTTP = Table(
             "`[resolve]`, and every URL the recipe reads must start with it",
         ),
         Key(
+            "metalink",
+            forms.LINE,
+            "a metalink (RFC 5854, or MirrorManager's 3.0) listing mirrors of the image: its "
+            "`http(s)` URLs for the image's file are read like `mirrors`; its hashes count for "
+            "nothing (the checksum file decides)",
+        ),
+        Key(
             "mirrors",
             forms.WORDS,
             "more roots publishing the same tree as `mirror_root`: the image's bytes may also "

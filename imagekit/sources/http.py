@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple, TypedDict
+from urllib.parse import unquote, urlsplit
 
 from imagekit import catalog, provenance
 from imagekit.config import DEFAULT_CONNECTIONS
@@ -24,6 +25,7 @@ from imagekit.errors import FetchError, ImagekitError, RecipeError, StoreError, 
 from imagekit.image import Image
 from imagekit.net.download import Downloader, FetchResult
 from imagekit.net.metadata import DEFAULT_TTL, Fetched, UpstreamCache
+from imagekit.net.metalink import mirror_urls
 from imagekit.net.transport import Transport
 from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.media import (
@@ -218,7 +220,9 @@ def _fetch_target(session: Session, recipe: Recipe, target: Target, cache: Upstr
     progress(ProgressEvent("verify", f"checking evidence for {source.filename}"))
     evidence = _verify(recipe, target, urls, cache, session.options.allow_loopback_http)
     disk, info, fetched_from = fetch_disk(
-        session, DiskRequest(urls.url, source.format, evidence.expect, urls.mirrors), cache=cache
+        session,
+        DiskRequest(urls.url, source.format, evidence.expect, urls.mirrors, source.metalink),
+        cache=cache,
     )
     stored = [
         layout.add_bytes(fetched.body, media)
@@ -240,6 +244,7 @@ def _fetch_target(session: Session, recipe: Recipe, target: Target, cache: Upstr
             "fetched_from": fetched_from,
             "mirror": urls.mirror,
             "mirrors": list(urls.mirrors),
+            "metalink": source.metalink,
             "checksum_url": source.checksum_url,
             "checksum_url_fetched": evidence.checksum.url if evidence.checksum else None,
             "signature_url": source.signature_url,
@@ -326,6 +331,7 @@ class DiskRequest:
     disk_format: str
     expect: Expectation
     mirrors: tuple[str, ...] = ()  # the same file elsewhere: segments may come from them too
+    metalink: str | None = None  # lists more of those; read only when the bytes are fetched
 
 
 class FetchedDisk(NamedTuple):
@@ -361,6 +367,12 @@ def fetch_disk(
             raise FetchError(
                 f"offline, and {url} is not in the store yet: pull it once without --offline"
             )
+        mirrors = request.mirrors
+        if request.metalink:
+            got = cache.fetch(request.metalink) if cache else None
+            body = got.body if got else session.transport.fetch_small(request.metalink).body
+            found = mirror_urls(body, _filename(url), request.metalink)
+            mirrors = tuple(dict.fromkeys(m for m in (*mirrors, *found) if m != url))
         algorithms = sorted({"sha256", *expect.digests})
         name = hexpart(sha256_bytes(url.encode()))[:32]
         result = session.downloader.download(
@@ -369,7 +381,7 @@ def fetch_disk(
             algorithms=algorithms,
             expected_size=expect.size,
             progress=progress,
-            mirrors=request.mirrors,
+            mirrors=mirrors,
         )
         try:
             expect.check(result.digests, result.size, url)
@@ -416,3 +428,8 @@ def _discard(result: FetchResult) -> None:
     """Drop a download and its resume sidecar (failed checks must not be resumed later)."""
     for path in (result.path, result.path.with_name(result.path.name + ".json")):
         path.unlink(missing_ok=True)
+
+
+def _filename(url: str) -> str:
+    """The file a URL names: what a metalink lists it as."""
+    return PurePosixPath(unquote(urlsplit(url).path)).name
