@@ -14,6 +14,7 @@ import pytest
 import imagekit
 from imagekit.errors import ChecksumError, FetchError
 from imagekit.net.download import Downloader, FetchResult
+from imagekit.net.ranges import Ramp
 from imagekit.net.transport import Transport
 from imagekit.progress import ProgressEvent
 from imagekit.store import Store
@@ -341,9 +342,7 @@ def test_a_config_mirror_serving_other_bytes_fails_the_pull_and_stores_nothing(
 
 
 def test_the_ramp_keeps_all_connections_only_when_they_beat_one() -> None:
-    from imagekit.net.segments import _Ramp
-
-    capped = _Ramp(4)
+    capped = Ramp(4)
     assert capped.allowed == 1  # the first segment alone
     capped.done(8 << 20, 0.2, 8 << 20, now=0.2)  # one connection: 42 MB/s
     assert capped.allowed == 4
@@ -351,7 +350,7 @@ def test_the_ramp_keeps_all_connections_only_when_they_beat_one() -> None:
         capped.done(8 << 20, 0.2, (8 << 20) * (1 + k), now=0.2 + 0.2 * k / 4)
     assert capped.allowed == 4
 
-    local = _Ramp(4)
+    local = Ramp(4)
     local.done(8 << 20, 0.02, 8 << 20, now=0.02)  # one connection: 420 MB/s
     for k in range(1, 5):  # four at once were no faster than that one
         local.done(8 << 20, 0.08, (8 << 20) * (1 + k), now=0.02 + 0.02 * k * 1.1)

@@ -21,7 +21,6 @@ finished a segment, unless together they were clearly faster, the download goes 
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import itertools
 import json
@@ -46,11 +45,11 @@ from imagekit.net.partfile import (
     validator,
     writing,
 )
+from imagekit.net.ranges import Ramp, Segments
 from imagekit.net.transport import Transient, Transport, content_range, raise_for_status
 
 SEGMENT_SIZE = 8 << 20
 _HASH_BLOCK = 4 << 20
-_GAIN = 1.25  # all connections must beat one by this much to be kept
 _RECORD_INTERVAL = 0.25  # seconds between sidecar rewrites: at most a few segments are redone
 
 
@@ -96,62 +95,6 @@ def fetch(transport: Transport, request: Request, meter: Meter) -> FetchResult:
     return _Fetch(transport, request, meter).run()
 
 
-class _Ramp:
-    """How many workers may take segments: one, until its first segment has measured one
-    connection; then all; back to one if all together were not ``_GAIN`` times faster."""
-
-    def __init__(self, connections: int) -> None:
-        self.connections = connections
-        self.allowed = 1
-        self.single: float | None = None  # bytes/s of the first segment, alone
-        self._since = self._have = 0.0
-        self._left = connections  # segments to complete before judging the others
-        self._judged = connections == 1
-
-    def done(self, nbytes: int, seconds: float, have: int, now: float) -> None:
-        """A segment of ``nbytes`` took ``seconds``; ``have`` bytes are in so far (all workers)."""
-        if self.single is None:
-            self.single = nbytes / max(seconds, 1e-6)
-            self.allowed = self.connections
-            self._since, self._have = now, have
-            return
-        if self._judged:
-            return
-        self._left -= 1
-        if self._left <= 0:
-            together = (have - self._have) / max(now - self._since, 1e-6)
-            if together < _GAIN * self.single:
-                self.allowed = 1
-            self._judged = True
-
-
-class _Segments:
-    """Which segments are complete, how far each unfinished one got, and the hash frontier."""
-
-    def __init__(self, total: int, size: int, done: frozenset[int]) -> None:
-        self.total, self.size = total, size
-        self.count = -(-total // size)
-        self.done = set(done)
-        self.got: dict[int, int] = {}  # unfinished segment -> bytes written from its start
-        self.pending = collections.deque(i for i in range(self.count) if i not in done)
-        self.have = sum(self.end(i) - self.start(i) for i in done)
-        self._front = 0
-
-    def start(self, i: int) -> int:
-        return i * self.size
-
-    def end(self, i: int) -> int:
-        return min((i + 1) * self.size, self.total)
-
-    def frontier(self) -> int:
-        """Every byte below this offset is on disk."""
-        while self._front < self.count and self._front in self.done:
-            self._front += 1
-        if self._front == self.count:
-            return self.total
-        return self.start(self._front) + self.got.get(self._front, 0)
-
-
 class _Fetch:
     """One segmented download: the probe, the worker threads, the hashing calling thread."""
 
@@ -165,7 +108,7 @@ class _Fetch:
         self.error: BaseException | None = None
         self.urls: list[str] = []  # the URLs still used for segments, primary first
         self.transferred = 0
-        self.ramp = _Ramp(request.connections)
+        self.ramp = Ramp(request.connections)
         self._record_lock = threading.Lock()
         self._recorded_at = 0.0
 
@@ -233,7 +176,7 @@ class _Fetch:
                 except FileNotFoundError:
                     fd = -1
             if fd >= 0 and os.fstat(fd).st_size == probe.total:
-                self.segments = _Segments(earlier.total, earlier.size, earlier.done)
+                self.segments = Segments(earlier.total, earlier.size, earlier.done)
                 self.etag, self.last_modified = earlier.etag, earlier.last_modified
                 self.resumed_from = self.segments.have
                 return fd
@@ -247,7 +190,7 @@ class _Fetch:
             except OSError:
                 os.close(fd)
                 raise
-        self.segments = _Segments(probe.total, self.request.segment_size, frozenset())
+        self.segments = Segments(probe.total, self.request.segment_size, frozenset())
         self.etag, self.last_modified = probe.etag, probe.last_modified
         self.resumed_from = 0
         self._record(force=True)
