@@ -9,11 +9,13 @@ from __future__ import annotations
 import collections
 
 _GAIN = 1.25  # all connections must beat one by this much to be kept
+MEASURE = 2 << 20  # what one connection fetches alone before the others start
 
 
 class Ramp:
-    """How many workers may take segments: one, until its first segment has measured one
-    connection; then all; back to one if all together were not ``_GAIN`` times faster."""
+    """How many workers may take segments: one, until it has fetched ``MEASURE`` bytes (or a
+    whole segment) alone; then all; back to one if all together were not ``_GAIN`` times
+    faster."""
 
     def __init__(self, connections: int) -> None:
         self.connections = connections
@@ -24,7 +26,8 @@ class Ramp:
         self._judged = connections == 1
 
     def done(self, nbytes: int, seconds: float, have: int, now: float) -> None:
-        """A segment of ``nbytes`` took ``seconds``; ``have`` bytes are in so far (all workers)."""
+        """``nbytes`` took ``seconds`` (the first call: one connection alone; then each complete
+        segment); ``have`` bytes are in so far, all workers together."""
         if self.single is None:
             self.single = nbytes / max(seconds, 1e-6)
             self.allowed = self.connections

@@ -14,7 +14,7 @@ A server that answers a Range request with 200, or the whole file, or a differen
 not used for segments; when no URL is left the caller falls back to one connection.
 
 More connections help only when the mirror caps each one: when this machine is the limit (a
-fast link, a busy CPU) extra threads only contend. So the first segment comes over one
+fast link, a busy CPU) extra threads only contend. So the first ``MEASURE`` bytes come over one
 connection alone, which says how fast one is; then all connections start, and once each has
 finished a segment, unless together they were clearly faster, the download goes on over one.
 """
@@ -45,7 +45,7 @@ from imagekit.net.partfile import (
     validator,
     writing,
 )
-from imagekit.net.ranges import Ramp, Segments
+from imagekit.net.ranges import MEASURE, Ramp, Segments
 from imagekit.net.transport import Transient, Transport, content_range, raise_for_status
 
 SEGMENT_SIZE = 8 << 20
@@ -109,6 +109,7 @@ class _Fetch:
         self.urls: list[str] = []  # the URLs still used for segments, primary first
         self.transferred = 0
         self.ramp = Ramp(request.connections)
+        self._alone_since, self._alone_from = 0.0, 0  # when and from which byte one measured
         self._record_lock = threading.Lock()
         self._recorded_at = 0.0
 
@@ -226,6 +227,7 @@ class _Fetch:
             threading.Thread(target=self._work, args=(fd, w), daemon=True, name=f"segment-{w}")
             for w in range(max(1, min(self.request.connections, len(segs.pending))))
         ]
+        self._alone_since, self._alone_from = time.monotonic(), segs.have
         for worker in workers:
             worker.start()
         try:
@@ -367,6 +369,10 @@ class _Fetch:
                     segs.got[i] = offset - start
                     segs.have += len(chunk)
                     self.transferred += len(chunk)
+                    if self.ramp.single is None:  # one connection alone so far: measure it
+                        now, alone = time.monotonic(), segs.have - self._alone_from
+                        if alone >= MEASURE:
+                            self.ramp.done(alone, now - self._alone_since, segs.have, now)
                     self.cond.notify_all()
         if offset < end:
             raise Transient(f"connection closed {offset - start} bytes into a segment")
