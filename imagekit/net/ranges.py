@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 
 _GAIN = 1.25  # all connections must beat one by this much to be kept
-MEASURE = 2 << 20  # what one connection fetches alone before the others start
+MEASURE = 4 << 20  # what one connection fetches alone (after its first chunk) before the others
 
 
 class Ramp:

@@ -109,7 +109,8 @@ class _Fetch:
         self.urls: list[str] = []  # the URLs still used for segments, primary first
         self.transferred = 0
         self.ramp = Ramp(request.connections)
-        self._alone_since, self._alone_from = 0.0, 0  # when and from which byte one measured
+        self._alone_since: float | None = None  # the first chunk's arrival
+        self._alone_from = 0  # bytes in by then
         self._record_lock = threading.Lock()
         self._recorded_at = 0.0
 
@@ -227,7 +228,6 @@ class _Fetch:
             threading.Thread(target=self._work, args=(fd, w), daemon=True, name=f"segment-{w}")
             for w in range(max(1, min(self.request.connections, len(segs.pending))))
         ]
-        self._alone_since, self._alone_from = time.monotonic(), segs.have
         for worker in workers:
             worker.start()
         try:
@@ -340,6 +340,17 @@ class _Fetch:
                 self.urls.remove(url)
         raise _Dropped
 
+    def _measure_alone(self, n: int) -> None:
+        """Time what one connection gets alone, from its first chunk on (the request's round
+        trip and TCP's slow start would make it look slower than it is)."""
+        segs, now = self.segments, time.monotonic()
+        if self._alone_since is None:
+            self._alone_since, self._alone_from = now, segs.have
+            return
+        alone = segs.have - self._alone_from
+        if alone >= MEASURE:
+            self.ramp.done(alone, now - self._alone_since, segs.have, now)
+
     def _get_range(self, fd: int, i: int, url: str) -> None:
         segs = self.segments
         start, end = segs.start(i), segs.end(i)
@@ -370,9 +381,7 @@ class _Fetch:
                     segs.have += len(chunk)
                     self.transferred += len(chunk)
                     if self.ramp.single is None:  # one connection alone so far: measure it
-                        now, alone = time.monotonic(), segs.have - self._alone_from
-                        if alone >= MEASURE:
-                            self.ramp.done(alone, now - self._alone_since, segs.have, now)
+                        self._measure_alone(len(chunk))
                     self.cond.notify_all()
         if offset < end:
             raise Transient(f"connection closed {offset - start} bytes into a segment")
