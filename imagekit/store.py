@@ -56,6 +56,7 @@ class Store(Layout):
     """A store rooted at ``root``; creating one creates the layout if it is missing.
 
     ``mirror`` is used by pulls and builds that name none (the config file's ``mirror``);
+    ``connections`` and ``mirrors`` likewise (config.toml's; see ``FetchOptions``);
     ``group`` is the group that may read what it writes (None: owner-only; see oci.access);
     ``trust`` says whose signatures count and which pulls need one (config.toml's ``[trust]``
     through :func:`open_store`; default: no trusted keys, nothing required).
@@ -68,9 +69,13 @@ class Store(Layout):
         mirror: str | None = None,
         group: str | None = None,
         trust: TrustPolicy | None = None,
+        connections: int = config.DEFAULT_CONNECTIONS,
+        mirrors: tuple[str, ...] = (),
     ) -> None:
         super().__init__(root, group=group)
         self.mirror = mirror
+        self.connections = connections
+        self.mirrors = mirrors
         self.trust = trust or TrustPolicy()
 
     @classmethod
@@ -88,6 +93,10 @@ class Store(Layout):
         from imagekit.sources import http
 
         options = http.FetchOptions(**network)
+        if "connections" not in network:
+            options = replace(options, connections=self.connections)
+        if "mirrors" not in network:
+            options = replace(options, mirrors=self.mirrors)
         if options.mirror is None:
             options = replace(options, mirror=self.mirror)
         return http.Session(self, options, progress or ignore_progress, transport or Transport())
@@ -577,4 +586,11 @@ def open_store(path: str | Path | None = None) -> Store:
     settings = config.load_settings()
     root = Path(path) if path is not None else settings.store or config.default_store()
     trust = TrustPolicy(settings.trust_keys, settings.trust_require)
-    return Store(root, mirror=settings.mirror, group=settings.group, trust=trust)
+    return Store(
+        root,
+        mirror=settings.mirror,
+        group=settings.group,
+        trust=trust,
+        connections=settings.connections,
+        mirrors=settings.mirrors,
+    )
