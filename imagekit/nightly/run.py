@@ -87,7 +87,7 @@ def key_tag(recipe: Recipe, key: str) -> str:
 
 def build_all(
     store: Store,
-    directory: Path,
+    directory: Path | str,
     options: NightlyOptions | None = None,
     *,
     listener: Listener | None = None,
@@ -103,7 +103,7 @@ def build_all(
 
         raise RecipeError(f"-j {options.jobs}: give 1 or more parallel builds")
     started = time.monotonic()
-    graph = load_folder(directory)
+    graph = load_folder(Path(directory))
     results = {node.path: RecipeResult(node.label, str(node.path)) for node in graph}
     runner = _Runner(store, options, MemoryBudget(options.memory or available_memory()), listener)
     _schedule(graph, results, runner, options.jobs)
