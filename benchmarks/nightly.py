@@ -115,6 +115,7 @@ class Bench:
         log("setup: making the base disk (one launch, untimed)")
         make_scratch_disk(ScratchSource(size=SIZE, content=self.work / "tree"), disk)
         data = disk.read_bytes()
+        (self.work / "gpg").mkdir()
         key = make_key(self.work / "gpg", "bench upstream")
         digest = hashlib.sha256(data).hexdigest()
         checksum = f"# disk.qcow2: {len(data)} bytes\nSHA256 (disk.qcow2) = {digest}\n"
@@ -152,7 +153,12 @@ class Bench:
             )
         script = out / "loop.sh"
         script.write_text("\n".join(lines) + "\n")
-        done = run(["sh", str(script)], self.env, self.timeout)
+        # Only the local index: virt-builder also reads repos.d from these, and would ask
+        # builder.libguestfs.org (no network here, and not what is measured).
+        alone = out / "no-repos"
+        alone.mkdir()
+        env = {**self.env, "VIRT_BUILDER_DIRS": str(alone), "XDG_CONFIG_HOME": str(alone)}
+        done = run(["sh", str(script)], env, self.timeout)
         shutil.rmtree(out)
         return {"seconds": done.seconds, "launches": len(chains())}
 

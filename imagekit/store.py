@@ -236,17 +236,20 @@ class Store(Layout):
         self,
         recipe: Recipe | str,
         *,
+        known: Mapping[Path, str] | None = None,
         transport: Transport | None = None,
         **network: Unpack[http.NetworkOptions],
     ) -> str:
         """What a build of ``recipe`` depends on, as one ``sha256:`` key, found without building
         (build/inputs.py): equal keys build the same image. Reads the base's evidence through
-        the metadata cache (``network`` as for :meth:`pull`) and verifies it; no launch."""
+        the metadata cache (``network`` as for :meth:`pull`) and verifies it; no launch.
+        ``known`` maps recipe files (resolved paths) to keys worked out before: a base recipe
+        found there is not worked out again."""
         from imagekit.build import Builder
         from imagekit.build.inputs import input_key
 
         loaded = load_recipe(recipe) if isinstance(recipe, str) else recipe
-        return input_key(Builder(self._session(None, network, transport)), loaded)
+        return input_key(Builder(self._session(None, network, transport)), loaded, known)
 
     def published(
         self,

@@ -9,6 +9,7 @@ metadata TTL no request.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,21 +26,30 @@ from imagekit.recipe import (
     Recipe,
     RecipeSource,
     ScratchSource,
+    base_path,
     load_base,
-    load_installer,
 )
 from imagekit.sources import scratch
 
 INPUTS_CODE_VERSION = "1"  # bump when what the key covers changes: every recipe rebuilds once
 
 
-def input_key(builder: Builder, recipe: Recipe) -> str:
+Known = Mapping[Path, str]  # recipe file (resolved) -> its input key, already worked out
+
+
+def input_key(builder: Builder, recipe: Recipe, known: Known | None = None) -> str:
     """``sha256:<hex>`` of what a build of ``recipe`` would depend on; RecipeError if a file
-    it names cannot be read, and the evidence's errors (VerificationError, FetchError)."""
-    return identity(_inputs(builder, recipe, ()))
+    it names cannot be read, and the evidence's errors (VerificationError, FetchError).
+
+    A base recipe's key is taken from ``known`` when it is there (a folder's recipes are keyed
+    bases first), else worked out the same way.
+    """
+    return identity(_inputs(builder, recipe, (), known or {}))
 
 
-def _inputs(builder: Builder, recipe: Recipe, seen: tuple[str, ...]) -> dict[str, Any]:
+def _inputs(
+    builder: Builder, recipe: Recipe, seen: tuple[str, ...], known: Known
+) -> dict[str, Any]:
     where = str(recipe.path or recipe.name)
     if where in seen:
         raise RecipeError(f"recipe cycle: {' -> '.join([*seen, where])}")
@@ -56,7 +66,7 @@ def _inputs(builder: Builder, recipe: Recipe, seen: tuple[str, ...]) -> dict[str
     profile = acceptance.recipe_profile(recipe)
     return {
         "recipe": recorded.digest,
-        "base": _base(builder, recipe, (*seen, where)),
+        "base": _base(builder, recipe, (*seen, where), known),
         "steps": steps,
         "test": acceptance.boot_test_inputs(layout, recipe.test) if recipe.test else None,
         "check": profile.digest if profile is not None else None,
@@ -64,19 +74,31 @@ def _inputs(builder: Builder, recipe: Recipe, seen: tuple[str, ...]) -> dict[str
     }
 
 
-def _base(builder: Builder, recipe: Recipe, seen: tuple[str, ...]) -> Any:
+def _base(builder: Builder, recipe: Recipe, seen: tuple[str, ...], known: Known) -> Any:
     source = recipe.source
     if isinstance(source, HttpSource):
         return http_base_identity(builder.session, recipe, source)
     if isinstance(source, RecipeSource):
-        return {"recipe": _inputs(builder, load_base(source), seen)}
+        return {"recipe": _recipe_key(builder, source, seen, known)}
     if isinstance(source, ScratchSource):
         return {"scratch": scratch.scratch_identity(source), "code": scratch.SCRATCH_CODE_VERSION}
-    return _kickstart(builder, recipe, source, seen)
+    return _kickstart(builder, recipe, source, seen, known)
+
+
+def _recipe_key(builder: Builder, source: RecipeSource, seen: tuple[str, ...], known: Known) -> str:
+    """The input key of the recipe a source names: known already, or worked out."""
+    path = base_path(source).resolve()
+    if path in known:
+        return known[path]
+    return identity(_inputs(builder, load_base(source), seen, known))
 
 
 def _kickstart(
-    builder: Builder, recipe: Recipe, source: KickstartSource, seen: tuple[str, ...]
+    builder: Builder,
+    recipe: Recipe,
+    source: KickstartSource,
+    seen: tuple[str, ...],
+    known: Known,
 ) -> Any:
     """The kickstart file (keyed: it may hold passwords), the VM settings and the installer:
     its recipe's inputs, or the local ISO's pinned sha256."""
@@ -87,7 +109,9 @@ def _kickstart(
     settings = {k: v for k, v in asdict(source).items() if k not in ("kickstart", "base_dir")}
     installer: Any = source.installer_sha256
     if source.installer_recipe:
-        installer = _inputs(builder, load_installer(source), seen)
+        installer = _recipe_key(
+            builder, RecipeSource(source.installer_recipe, source.base_dir), seen, known
+        )
     elif source.installer_path is not None and not installer:
         installer = file_digest(source.installer_path)
     return {

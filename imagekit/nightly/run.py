@@ -30,6 +30,7 @@ from imagekit.errors import (
     CustomizeError,
     FetchError,
     ImagekitError,
+    RecipeError,
     UnsafeImageError,
     VerificationError,
 )
@@ -61,6 +62,10 @@ Listener = Callable[[RecipeResult], None]  # called (from any thread) when a res
 TAG_MAX = 128
 
 
+def _no_network() -> NetworkOptions:
+    return {}
+
+
 @dataclass(frozen=True)
 class NightlyOptions:
     """``imagekit build --all``'s options. ``network`` as for ``Store.pull`` (mirror, refresh,
@@ -73,11 +78,7 @@ class NightlyOptions:
     insecure: bool = False
     transport: Transport | None = None
     memory: int | None = None
-    network: NetworkOptions = field(default_factory=lambda: _no_network())
-
-
-def _no_network() -> NetworkOptions:
-    return {}
+    network: NetworkOptions = field(default_factory=_no_network)
 
 
 def key_tag(recipe: Recipe, key: str) -> str:
@@ -99,13 +100,12 @@ def build_all(
     """
     options = options or NightlyOptions()
     if options.jobs < 1:
-        from imagekit.errors import RecipeError
-
         raise RecipeError(f"-j {options.jobs}: give 1 or more parallel builds")
     started = time.monotonic()
     graph = load_folder(Path(directory))
     results = {node.path: RecipeResult(node.label, str(node.path)) for node in graph}
     runner = _Runner(store, options, MemoryBudget(options.memory or available_memory()), listener)
+    runner.results = list(results.values())
     _schedule(graph, results, runner, options.jobs)
     return NightlyReport(
         str(directory), list(results.values()), time.monotonic() - started, options.jobs
@@ -155,8 +155,14 @@ class _Runner:
         self.options = options
         self.budget = budget
         self.listener = listener
+        self.results: list[RecipeResult] = []
         self.cancelled = threading.Event()
         self._lock = threading.Lock()
+
+    def keys(self) -> dict[Path, str]:
+        """The input keys worked out so far, by recipe file: a dependant's base is among them."""
+        with self._lock:
+            return {Path(r.path): r.key for r in self.results if r.key is not None}
 
     def changed(self, result: RecipeResult, state: str) -> None:
         result.state = state
@@ -181,7 +187,7 @@ class _Runner:
             recipe = node.recipe
             result.ref = recipe.ref
             result.key = self.store.input_key(
-                recipe, transport=self.options.transport, **self.options.network
+                recipe, known=self.keys(), transport=self.options.transport, **self.options.network
             )
             stage.seconds = time.monotonic() - started
             _Recipe(self, recipe, result).run()
