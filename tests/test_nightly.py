@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -22,7 +23,10 @@ from pathlib import Path
 import pytest
 
 from imagekit.errors import RecipeError
+from imagekit.guest.appliance import MEMSIZE_MIB
 from imagekit.nightly import NightlyOptions, NightlyReport, build_all, junit_xml, load_folder
+from imagekit.nightly.memory import QEMU_OVERHEAD, MemoryBudget, available_memory, memory_need
+from imagekit.recipe import load_recipe_file
 from imagekit.store import Store
 from imagekit.verify import keys
 from tests import guestimage
@@ -293,3 +297,32 @@ def test_ctrl_c_mid_build_leaves_no_qemu_and_a_consistent_store(
     assert opened.fsck().ok
     refs = {ref for ref, _ in opened.refs()}
     assert "alpha:1" in refs and "delta:1" not in refs
+
+
+def test_builds_wait_for_their_share_of_memory(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 8000000 kB\nMemAvailable:    3000000 kB\n")
+    assert available_memory(meminfo) == 3000000 * 1024
+    derived_recipe(tmp_path, "plain", "other.toml")
+    need = memory_need(load_recipe_file(tmp_path / "plain.toml"))
+    assert need == (MEMSIZE_MIB << 20) + QEMU_OVERHEAD
+    budget = MemoryBudget(int(need * 1.5))  # room for one build at a time
+    inside: list[int] = []
+    most = 0
+
+    def build() -> None:
+        nonlocal most
+        with budget.share(need):
+            inside.append(1)
+            most = max(most, len(inside))
+            time.sleep(0.05)
+            inside.pop()
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most == 1
+    with budget.share(need * 10):  # more than there is: it runs alone, not never
+        pass
