@@ -291,6 +291,55 @@ class Store(Layout):
             stored.sign_ref(self, ref, key, None, digest=result.image.digest)
         return result
 
+    def input_key(
+        self,
+        recipe: Recipe | str,
+        *,
+        known: Mapping[Path, str] | None = None,
+        transport: Transport | None = None,
+        **network: Unpack[http.NetworkOptions],
+    ) -> str:
+        """What a build of ``recipe`` depends on, as one ``sha256:`` key, found without building
+        (build/inputs.py): equal keys build the same image. Reads the base's evidence through
+        the metadata cache (``network`` as for :meth:`pull`) and verifies it; no launch.
+        ``known`` maps recipe files (resolved paths) to keys worked out before: a base recipe
+        found there is not worked out again."""
+        from imagekit.build import Builder
+        from imagekit.build.inputs import input_key
+
+        loaded = load_recipe(recipe) if isinstance(recipe, str) else recipe
+        return input_key(Builder(self._session(None, network, transport)), loaded, known)
+
+    def published(
+        self,
+        target: str,
+        *,
+        sign_key: Path | None = None,
+        insecure: bool = False,
+        transport: Transport | None = None,
+    ) -> str | None:
+        """The manifest digest at ``oci://HOST/REPO:TAG`` if it is there and signed by the
+        public half of ``sign_key`` (None: by a key of the store's ``[trust]``; with neither,
+        being there is enough), else None."""
+        from imagekit.oci.reference import RegistryRef
+        from imagekit.oci.registry import Registry
+        from imagekit.verify import remote
+
+        ref = RegistryRef.parse(target)
+        registry = Registry(
+            ref.host, transport=transport, insecure=insecure, repository=ref.repository
+        )
+        digest = registry.manifest_digest(ref.repository, ref.reference)
+        if digest is None:
+            return None
+        if sign_key is not None:
+            keys = [self._signing_key(sign_key, None).public_key()]
+        else:
+            keys = list(self.trust.public_keys.values())
+            if not self.trust.keys:
+                return digest
+        return digest if remote.signed_by(registry, ref.repository, digest, keys) else None
+
     def customize(
         self,
         ref: str,

@@ -77,7 +77,7 @@ def plan(
         return None
     test_key = check_key = ""
     if test is not None:
-        inputs = _test_inputs(layout, test)
+        inputs = boot_test_inputs(layout, test)
         test_key = identity({"disk": disk, "test": inputs, "code": TEST_CODE_VERSION})
     if profile is not None:
         check_key = identity({"disk": disk, "profile": profile.digest, "code": CHECK_CODE_VERSION})
@@ -182,7 +182,7 @@ def _stored(layout: Layout, record: Any) -> Descriptor | None:
     return descriptor if layout.has_blob(descriptor.digest) else None
 
 
-def _test_inputs(layout: Layout, test: BootTest) -> Any:
+def boot_test_inputs(layout: Layout, test: BootTest) -> Any:
     """The test's settings with each file it names replaced by a keyed digest of its bytes.
 
     A seed or user-data may hold secrets, so they enter the key keyed by the store's digest

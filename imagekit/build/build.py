@@ -171,23 +171,28 @@ def _base(builder: Builder, recipe: Recipe) -> tuple[Image, list[LayerReport]]:
 
 
 def _http_base(builder: Builder, recipe: Recipe, source: HttpSource) -> tuple[Image, bool]:
-    """Keyed by the source alone: editing a step must not re-verify or re-fetch the base."""
+    """Keyed by :func:`http_base_identity`: editing a step must not re-fetch the base, a new
+    signed checksum file must."""
     session, cache = builder.session, builder.cache
-    source_only = replace(
-        recipe, customize=(), text=json.dumps(asdict(source), default=str, sort_keys=True)
-    )
-    key = identity(
-        {
-            "http": http.source_identity(session, source_only),
-            "keys": [file_digest(k) for k in source.keys],
-        }
-    )
+    key = identity(http_base_identity(session, recipe, source))
     hit = cache.get(key) if builder.use_cache else None
     if hit is not None:
         return Image.from_descriptor(session.layout, hit, cached=True), True
     image = http.fetch_image(session, recipe)
     cache.put(key, Descriptor(image.manifest["mediaType"], image.digest, 0))
     return image, False
+
+
+def http_base_identity(session: http.Session, recipe: Recipe, source: HttpSource) -> Any:
+    """What a downloaded base is keyed by: the source alone (not the steps), its verified
+    upstream identity and its key files. Nightly builds compare it too (build/inputs.py)."""
+    source_only = replace(
+        recipe, customize=(), text=json.dumps(asdict(source), default=str, sort_keys=True)
+    )
+    return {
+        "http": http.verified_identity(session, source_only),
+        "keys": [file_digest(k) for k in source.keys],
+    }
 
 
 def _kickstart_base(

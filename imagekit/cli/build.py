@@ -21,8 +21,30 @@ from imagekit.errors import RecipeError
 
 @app.command()
 def build(
-    target: Annotated[str, typer.Argument(help="Recipe file, or bundled recipe NAME[:VERSION].")],
+    target: Annotated[
+        str | None, typer.Argument(help="Recipe file, or bundled recipe NAME[:VERSION].")
+    ] = None,
     store: StoreOption = None,
+    all_in: Annotated[
+        Path | None,
+        typer.Option(
+            "--all", help="Build every recipe of this folder (nightly jobs).", metavar="DIR"
+        ),
+    ] = None,
+    jobs: Annotated[int, typer.Option("-j", "--jobs", help="With --all: builds at once.")] = 1,
+    push: Annotated[
+        str | None,
+        typer.Option("--push", help="With --all: push what is built to oci://HOST/REPO."),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="With --all: write the JSON report here.")
+    ] = None,
+    junit: Annotated[
+        Path | None, typer.Option("--junit", help="With --all: write JUnit XML here.")
+    ] = None,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="Re-check upstream metadata now.")
+    ] = False,
     tag: Annotated[
         str | None, typer.Option(help="Tag as NAME:TAG instead of name:version.")
     ] = None,
@@ -42,17 +64,44 @@ def build(
         typer.Option("--cache-to", help="Publish every layer to this registry: oci://HOST/REPO."),
     ] = None,
     insecure: Annotated[
-        bool, typer.Option("--insecure", help="Plain http to a cache registry off loopback.")
+        bool, typer.Option("--insecure", help="Plain http to a registry off loopback.")
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Build a recipe: its base, then one cached qcow2 layer per customize step."""
+    """Build a recipe: its base, then one cached qcow2 layer per customize step.
+
+    With --all DIR, build every recipe of DIR that changed since its last build, in parallel
+    (-j), and report each (docs/nightly.md); the exit code is 0 only if all passed.
+    """
+    if all_in is not None:
+        if target is not None or tag or cache_from or cache_to:
+            raise RecipeError(
+                "--all builds a folder: give no RECIPE, --tag, --cache-from or --cache-to with it"
+            )
+        from imagekit.cli.nightly import Outputs, build_folder
+        from imagekit.nightly import NightlyOptions
+
+        options = NightlyOptions(
+            jobs=jobs,
+            push=push,
+            sign_key=sign_key,
+            use_cache=not no_cache,
+            insecure=insecure,
+            network={"mirror": mirror, "refresh": refresh},
+        )
+        outputs = Outputs(report, junit, as_json)
+        raise typer.Exit(build_folder(open_store(store), all_in, options, outputs))
+    if target is None:
+        raise RecipeError("give a RECIPE to build, or --all DIR")
+    if push or report or junit or jobs != 1:
+        raise RecipeError("-j, --push, --report and --junit go with --all DIR")
     note_shadowing(target)
     with progress_display(not as_json) as progress:
         result = open_store(store).build(
             target,
             tag=tag,
             mirror=mirror,
+            refresh=refresh,
             use_cache=not no_cache,
             progress=progress,
             sign_key=sign_key,

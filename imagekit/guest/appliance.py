@@ -31,6 +31,7 @@ from imagekit.errors import CustomizeError
 from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
 
 PROBE_SECONDS = 3.0
+MEMSIZE_MIB = 1280  # libguestfs's default appliance memory (`guestfish get-memsize`)
 
 
 @dataclass(frozen=True)

@@ -147,10 +147,21 @@ def _recipe_name(target: str) -> str | None:
 
 def load_base(source: RecipeSource) -> Recipe:
     """The recipe a ``kind = "recipe"`` source starts from; a path is relative to its recipe."""
-    candidate = source.base_dir / source.recipe
-    if source.recipe.endswith(RECIPE_SUFFIX) or "/" in source.recipe:
-        return load_recipe_file(candidate)
+    if _names_file(source):
+        return load_recipe_file(source.base_dir / source.recipe)
     return load_recipe(source.recipe)
+
+
+def base_path(source: RecipeSource) -> Path:
+    """The file :func:`load_base` reads (RecipeError for an unknown name), without loading it:
+    how a folder of recipes finds which of them build on which."""
+    if _names_file(source):
+        return source.base_dir / source.recipe
+    return find_recipe(source.recipe.partition(":")[0].partition("@")[0]).path
+
+
+def _names_file(source: RecipeSource) -> bool:
+    return source.recipe.endswith(RECIPE_SUFFIX) or "/" in source.recipe
 
 
 def load_installer(source: KickstartSource) -> Recipe:

@@ -190,13 +190,26 @@ def fetch_image(session: Session, recipe: Recipe) -> Image:
         return _fetch_target(session, recipe, session.resolve(recipe, cache), cache)
 
 
-def source_identity(session: Session, recipe: Recipe) -> str:
-    """What decides which bytes the recipe yields now: its resolved file, keys and pins.
+def verified_identity(session: Session, recipe: Recipe) -> dict[str, Any]:
+    """What decides which bytes the recipe yields now, proven: its resolved file and the
+    digests its verified evidence expects (no image byte is read).
 
-    Build keys its downloaded base with this, so a new upstream compose is a new base.
+    Build keys its downloaded base with this, so a new upstream compose, or a new signed
+    checksum file at the same URL, is a new base; within the metadata TTL it makes no request.
     """
     with session.upstream() as cache:
-        return session.resolve(recipe, cache).identity
+        target = session.resolve(recipe, cache)
+        urls = plan(target.source, session.options.mirror)
+        evidence = _verify(recipe, target, urls, cache, session.options.allow_loopback_http)
+    resolution = target.resolution
+    return {
+        "identity": target.identity,
+        "filename": target.source.filename,
+        "compose": resolution.compose if resolution else None,
+        "level": evidence.expect.level,
+        "digests": dict(sorted(evidence.expect.digests.items())),
+        "size": evidence.expect.size,
+    }
 
 
 @dataclass(frozen=True)

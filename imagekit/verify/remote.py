@@ -33,12 +33,13 @@ from imagekit.verify.cosign import (
     SignatureLayer,
     make_payload,
     merge_layers,
+    parse_payload,
     parse_signature_manifest,
     sign_payload,
     signature_manifest,
     verify_payload,
 )
-from imagekit.verify.keys import PrivateKey, fingerprint
+from imagekit.verify.keys import PrivateKey, PublicKey, fingerprint
 from imagekit.verify.trust import TrustPolicy
 
 
@@ -58,6 +59,23 @@ def fetch(registry: Registry, repository: str, digest: str) -> Signatures:
     layers = parse_signature_manifest(registry.get_manifest(repository, tag).body)
     payloads = {layer.payload.digest: _payload(registry, repository, layer) for layer in layers}
     return Signatures(tuple(layers), payloads)
+
+
+def signed_by(
+    registry: Registry, repository: str, digest: str, public_keys: Sequence[PublicKey]
+) -> str | None:
+    """The fingerprint of a key in ``public_keys`` that signed manifest ``digest`` there, or
+    None (unsigned, signed by others, or the signature is for another manifest)."""
+    found = fetch(registry, repository, digest)
+    for layer in found.layers:
+        payload = found.payloads[layer.payload.digest]
+        try:
+            signer = verify_payload(payload, layer.signature, public_keys)
+            if signer is not None and parse_payload(payload).digest == digest:
+                return signer
+        except SignatureError:
+            continue
+    return None
 
 
 def check(

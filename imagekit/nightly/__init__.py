@@ -1,0 +1,25 @@
+"""Nightly builds: ``imagekit build --all DIR``, a folder of recipes built as a graph.
+
+``graph`` (which recipe builds on which), ``run`` (change keys, the parallel scheduler, push),
+``memory`` (how many builds fit), ``report`` (JSON) and ``junit`` (JUnit XML). It uses the
+public :class:`imagekit.Store` API and the recipe loader only; docs/nightly.md tells the story.
+"""
+
+from imagekit.nightly.graph import Graph, Node, load_folder
+from imagekit.nightly.junit import junit_xml
+from imagekit.nightly.report import NightlyReport, RecipeResult, Stage
+from imagekit.nightly.run import Listener, NightlyOptions, build_all, key_tag
+
+__all__ = [
+    "Graph",
+    "Listener",
+    "NightlyOptions",
+    "NightlyReport",
+    "Node",
+    "RecipeResult",
+    "Stage",
+    "build_all",
+    "junit_xml",
+    "key_tag",
+    "load_folder",
+]

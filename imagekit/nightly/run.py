@@ -1,0 +1,400 @@
+"""Build a folder of recipes: the graph in parallel, unchanged work skipped, results reported.
+
+Each recipe's input key (``Store.input_key``: recipe text, verified upstream identity of its
+base, the files it reads, the code version) is compared with the key recorded when it was last
+built (in the build cache, ``cache/build/<key>`` -> the manifest made): equal, and its ref
+still names that manifest, it is ``unchanged`` and nothing runs. With ``push``, a key whose
+signed artifact the registry already holds (tag :func:`key_tag`) is ``published``: another
+builder made it tonight. Everything else is built (``Store.build``), recorded, then pushed.
+
+Builds run on ``jobs`` threads, each taking its share of memory first (nightly.memory); a
+recipe starts once every recipe of the folder it builds on has passed, and is skipped when one
+failed. Ctrl-C starts nothing new, waits for the builds running (their appliances share the
+terminal's process group and stop with it), and leaves only whole refs behind.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from imagekit.core.digest import hexpart
+from imagekit.errors import (
+    BootError,
+    CheckError,
+    CustomizeError,
+    FetchError,
+    ImagekitError,
+    RecipeError,
+    UnsafeImageError,
+    VerificationError,
+)
+from imagekit.image import Image
+from imagekit.nightly.graph import Graph, Node, load_folder
+from imagekit.nightly.memory import MemoryBudget, available_memory, memory_need
+from imagekit.nightly.report import (
+    BUILT,
+    FAIL,
+    FAILED,
+    PUBLISHED,
+    SKIP,
+    SKIPPED,
+    UNCHANGED,
+    NightlyReport,
+    RecipeResult,
+    Stage,
+)
+from imagekit.progress import ProgressEvent
+from imagekit.recipe import Recipe
+
+if TYPE_CHECKING:
+    from imagekit.build import BuildResult
+    from imagekit.net.transport import Transport
+    from imagekit.sources.http import NetworkOptions
+    from imagekit.store import Store
+
+Listener = Callable[[RecipeResult], None]  # called (from any thread) when a result changes
+TAG_MAX = 128
+
+
+def _no_network() -> NetworkOptions:
+    return {}
+
+
+@dataclass(frozen=True)
+class NightlyOptions:
+    """``imagekit build --all``'s options. ``network`` as for ``Store.pull`` (mirror, refresh,
+    keys_override, ...); ``push`` is ``oci://HOST/REPO``; ``memory`` overrides MemAvailable."""
+
+    jobs: int = 1
+    push: str | None = None
+    sign_key: Path | None = None
+    use_cache: bool = True
+    insecure: bool = False
+    transport: Transport | None = None
+    memory: int | None = None
+    network: NetworkOptions = field(default_factory=_no_network)
+
+
+def key_tag(recipe: Recipe, key: str) -> str:
+    """The registry tag of a recipe's build for input key ``key``: ``NAME-VERSION-<hex32>``."""
+    return f"{recipe.name}-{recipe.version}"[: TAG_MAX - 33] + "-" + hexpart(key)[:32]
+
+
+def build_all(
+    store: Store,
+    directory: Path | str,
+    options: NightlyOptions | None = None,
+    *,
+    listener: Listener | None = None,
+) -> NightlyReport:
+    """Build every recipe of ``directory`` that changed; the report says what each did.
+
+    RecipeError before anything runs for a cycle or a folder without recipes; every other
+    failure is one recipe's, in the report (``report.exit_code``).
+    """
+    options = options or NightlyOptions()
+    if options.jobs < 1:
+        raise RecipeError(f"-j {options.jobs}: give 1 or more parallel builds")
+    started = time.monotonic()
+    graph = load_folder(Path(directory))
+    results = {node.path: RecipeResult(node.label, str(node.path)) for node in graph}
+    runner = _Runner(store, options, MemoryBudget(options.memory or available_memory()), listener)
+    runner.results = list(results.values())
+    _schedule(graph, results, runner, options.jobs)
+    return NightlyReport(
+        str(directory), list(results.values()), time.monotonic() - started, options.jobs
+    )
+
+
+def _schedule(graph: Graph, results: dict[Path, RecipeResult], runner: _Runner, jobs: int) -> None:
+    """Start each recipe once its bases passed, at most ``jobs`` at a time."""
+    pending = list(graph)
+    running: dict[Future[None], Path] = {}
+    ended: set[Path] = set()  # finished, passed or not (a running result's status may change)
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="nightly") as pool:
+        try:
+            while pending or running:
+                for node in list(pending):
+                    bases = [results[base] for base in node.bases if base in ended]
+                    blocked = next((b for b in bases if not b.passed), None)
+                    if blocked is not None:
+                        pending.remove(node)
+                        ended.add(node.path)
+                        because = blocked.skipped_because or f"{blocked.recipe} failed"
+                        runner.skip(results[node.path], because)
+                    elif len(bases) == len(node.bases) and len(running) < jobs:
+                        pending.remove(node)
+                        future = pool.submit(runner.run, node, results[node.path])
+                        running[future] = node.path
+                if not running:
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    ended.add(running.pop(future))
+                    future.result()
+        except KeyboardInterrupt:
+            runner.cancelled.set()
+            for future in running:
+                future.cancel()
+            raise
+
+
+class _Runner:
+    """What every recipe's thread shares: the store, the options, the memory, the listener."""
+
+    def __init__(
+        self, store: Store, options: NightlyOptions, budget: MemoryBudget, listener: Listener | None
+    ) -> None:
+        self.store = store
+        self.options = options
+        self.budget = budget
+        self.listener = listener
+        self.results: list[RecipeResult] = []
+        self.cancelled = threading.Event()
+        self._lock = threading.Lock()
+
+    def keys(self) -> dict[Path, str]:
+        """The input keys worked out so far, by recipe file: a dependant's base is among them."""
+        with self._lock:
+            return {Path(r.path): r.key for r in self.results if r.key is not None}
+
+    def changed(self, result: RecipeResult, state: str) -> None:
+        result.state = state
+        if self.listener is not None:
+            with self._lock:
+                self.listener(result)
+
+    def skip(self, result: RecipeResult, because: str) -> None:
+        result.status, result.skipped_because = SKIPPED, because
+        result.stages = [Stage("build", SKIP, message=f"skipped because {because}")]
+        self.changed(result, SKIPPED)
+
+    def run(self, node: Node, result: RecipeResult) -> None:
+        """One recipe, start to end; every failure is recorded in ``result``, none raised."""
+        started = time.monotonic()
+        stage = Stage("resolve")
+        result.stages.append(stage)
+        try:
+            if node.recipe is None:
+                raise _LoadFailed(node.error)
+            self.changed(result, "resolving")
+            recipe = node.recipe
+            result.ref = recipe.ref
+            result.key = self.store.input_key(
+                recipe, known=self.keys(), transport=self.options.transport, **self.options.network
+            )
+            stage.seconds = time.monotonic() - started
+            _Recipe(self, recipe, result).run()
+        except (ImagekitError, _LoadFailed) as exc:
+            self._failed(result, exc)
+        except Exception as exc:  # one recipe's bug must not stop the night: report it
+            self._failed(result, exc, f"{type(exc).__name__}: ")
+        finally:
+            result.seconds = time.monotonic() - started
+            if not stage.seconds:
+                stage.seconds = result.seconds
+        self.changed(result, result.status)
+
+    def _failed(self, result: RecipeResult, exc: Exception, prefix: str = "") -> None:
+        """A load error exits 2 (a bad recipe), an imagekit error with its code, a bug 1."""
+        result.status = FAILED
+        result.error = prefix + str(exc)
+        result.exit_code = exc.exit_code if isinstance(exc, ImagekitError) else 1
+        if isinstance(exc, _LoadFailed):
+            result.exit_code = 2
+        failing = result.stages[-1]
+        if failing.status != FAIL:
+            failing.status, failing.message = FAIL, result.error
+
+
+class _LoadFailed(Exception):
+    """The recipe file did not load (its RecipeError's message, kept by the graph)."""
+
+
+_STAGE_OF = {
+    BootError: "test",
+    CheckError: "check",
+    CustomizeError: "customize",
+    FetchError: "fetch",
+    VerificationError: "fetch",
+    UnsafeImageError: "fetch",
+}
+
+
+class _Recipe:
+    """One recipe's work after its key is known."""
+
+    def __init__(self, runner: _Runner, recipe: Recipe, result: RecipeResult) -> None:
+        self.runner = runner
+        self.store = runner.store
+        self.options = runner.options
+        self.recipe = recipe
+        self.result = result
+        self.fetched: dict[str, int] = {}
+
+    @property
+    def target(self) -> str | None:
+        push, key = self.options.push, self.result.key
+        return None if push is None or key is None else f"{push}:{key_tag(self.recipe, key)}"
+
+    def run(self) -> None:
+        result = self.result
+        unchanged = self._unchanged()
+        if unchanged is None and self.target is not None and self._published():
+            result.status = PUBLISHED
+            result.stages.append(Stage("push", cached=True, message=f"in {self.target}, signed"))
+            return
+        image = unchanged or self._build()
+        result.status = UNCHANGED if unchanged is not None else BUILT  # only once it is so
+        self._describe(image)
+        if self.target is None:
+            return
+        if unchanged is not None and self._published():
+            result.stages.append(Stage("push", cached=True, message=f"in {self.target}, signed"))
+        else:
+            self._push(image)
+
+    def _unchanged(self) -> Image | None:
+        """The image this key built before, if its ref still names it."""
+        from imagekit.build import BuildCache
+
+        if not self.options.use_cache or self.result.key is None:
+            return None
+        hit = BuildCache(self.store).get(self.result.key)
+        if hit is None:
+            return None
+        try:
+            current = self.store.resolve(self.recipe.ref)
+        except ImagekitError:
+            return None
+        return Image.load(self.store, self.recipe.ref) if current.digest == hit.digest else None
+
+    def _published(self) -> bool:
+        assert self.target is not None
+        self.runner.changed(self.result, "asking the registry")
+        digest = self.store.published(
+            self.target,
+            sign_key=self.options.sign_key,
+            insecure=self.options.insecure,
+            transport=self.options.transport,
+        )
+        self.result.digest = digest
+        return digest is not None
+
+    def _progress(self, event: ProgressEvent) -> None:
+        if event.stage in ("launch", "boot"):
+            self.result.launches += 1
+        if event.stage == "fetch" and event.done is not None and event.total != 1:
+            self.fetched[event.message] = max(self.fetched.get(event.message, 0), event.done)
+
+    def _build(self) -> Image:
+        from imagekit.build import BuildCache
+
+        result, options = self.result, self.options
+        stage = Stage("build")
+        result.stages.append(stage)
+        self.runner.changed(result, "waiting for memory")
+        started = time.monotonic()
+        with self.runner.budget.share(memory_need(self.recipe)):
+            if self.runner.cancelled.is_set():
+                raise _Interrupted("interrupted before it started")
+            self.runner.changed(result, "building")
+            cache = options.push if options.push else None
+            try:
+                built = self.store.build(
+                    self.recipe,
+                    use_cache=options.use_cache,
+                    progress=self._progress,
+                    transport=options.transport,
+                    sign_key=options.sign_key,
+                    cache_from=cache,
+                    cache_to=cache,
+                    insecure=options.insecure,
+                    **options.network,
+                )
+            except ImagekitError as exc:
+                stage.name = next(
+                    (name for kind, name in _STAGE_OF.items() if isinstance(exc, kind)), "build"
+                )
+                stage.seconds = time.monotonic() - started
+                raise
+            finally:
+                result.bytes_downloaded = sum(self.fetched.values())
+        result.stages.remove(stage)
+        self._stages(built)
+        assert result.key is not None
+        BuildCache(self.store).put(result.key, self.store.resolve(built.image.digest))
+        return built.image
+
+    def _stages(self, built: BuildResult) -> None:
+        """One stage per layer report (the base's fetch, each step), then test and check."""
+        result = self.result
+        for layer in built.layers:
+            name = layer.name if not layer.name.startswith("fetch ") else "fetch"
+            message = layer.name if name == "fetch" else layer.note
+            result.stages.append(
+                Stage(name, seconds=layer.seconds, cached=layer.cached, message=message)
+            )
+            if layer.cached:
+                result.layers_cached += 1
+            else:
+                result.layers_built += 1
+                result.bytes_stored += self.store.blob_path(layer.digest).stat().st_size
+
+    def _describe(self, image: Image) -> None:
+        """What the report says of the image: digest, upstream, signatures, test and check."""
+        result = self.result
+        provenance = image.provenance
+        result.digest = image.digest
+        source = provenance.get("source") or {}
+        if isinstance(source, dict) and source.get("kind") == "http":
+            resolved = source.get("resolved") or {}
+            result.upstream = {
+                "url": source.get("url"),
+                "filename": source.get("filename"),
+                "release": resolved.get("release"),
+                "compose": resolved.get("compose"),
+                "verification": (provenance.get("verification") or {}).get("level"),
+            }
+        result.test, result.check = provenance.get("test"), provenance.get("check")
+        for name, record in (("test", result.test), ("check", result.check)):
+            if isinstance(record, dict):
+                passed = record.get("passed", True)
+                result.stages.append(Stage(name, "passed" if passed else FAIL, cached=True))
+        result.signatures = [
+            {"ref": s.ref, "signer": s.signer, "problem": s.problem}
+            for s in self.store.signatures(image.digest)
+        ]
+
+    def _push(self, image: Image) -> None:
+        """The image to its key's tag and to ``NAME-VERSION``, unless the registry has it."""
+        assert self.target is not None and self.options.push is not None
+        result = self.result
+        stage = Stage("push")
+        result.stages.append(stage)
+        started = time.monotonic()
+        self.runner.changed(result, "pushing")
+        moving = f"{self.options.push}:{self.recipe.name}-{self.recipe.version}"
+        for target in (self.target, moving):
+            report = self.store.push(
+                image.digest,
+                target,
+                insecure=self.options.insecure,
+                transport=self.options.transport,
+            )
+            result.bytes_pushed += report.uploaded_bytes
+            result.pushed_to.append(target)
+        stage.seconds = time.monotonic() - started
+        stage.message = f"pushed to {self.target}"
+
+
+class _Interrupted(ImagekitError):
+    """Ctrl-C came before this recipe's build started."""
+
+    exit_code = 130
