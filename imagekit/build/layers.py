@@ -252,12 +252,14 @@ class _Session:
         (self.workdir / hexpart(disk.digest)).symlink_to(self.run.layout.blob_path(disk.digest))
 
     def close(self) -> None:
-        """Drop the appliance and the scratch files; committed layers stay."""
+        """Drop the appliance and the scratch files; committed layers stay.
+
+        Every layer was captured after a sync and the session's overlay is thrown away, so
+        the appliance is stopped without unmounting and syncing again (autosync off).
+        """
         if self.handle is not None:
             try:
-                self.handle.shutdown()
-            except RuntimeError:
-                pass
+                self.handle.set_autosync(False)
             finally:
                 self.handle.close()
         if self.workdir is not None:
