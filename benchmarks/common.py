@@ -108,7 +108,8 @@ class Figure:
     """One row of a benchmark's summary: a figure, its baseline from the same run, the target.
 
     ``ratio`` is the median of the paired per-run ratios (figure/baseline), the number a target
-    is judged on; ``target`` reads like "<= 0.35x" and ``ok`` says whether it holds.
+    is judged on; ``target`` reads like "<= 0.35x" and ``ok`` says whether it holds (None: a
+    reference printed for comparison, with no target of its own).
     """
 
     name: str
@@ -117,7 +118,8 @@ class Figure:
     baseline_s: float | None
     ratio: float | None
     target: str
-    ok: bool
+    ok: bool | None
+    unit: str = "s"  # of median_s and baseline_s: a figure that is not a time ("MB") says so
 
 
 def paired_ratio(samples: list[float], baselines: list[float]) -> float:
@@ -132,12 +134,12 @@ def summary_table(figures: Sequence[Figure]) -> str:
         rows.append(
             (
                 f.name,
-                f"{f.median_s:.3f} s",
+                f"{f.median_s:.3f} {f.unit}",
                 f.baseline,
-                "" if f.baseline_s is None else f"{f.baseline_s:.3f} s",
+                "" if f.baseline_s is None else f"{f.baseline_s:.3f} {f.unit}",
                 "" if f.ratio is None else f"{f.ratio:.2f}x",
                 f.target,
-                met(f.ok),
+                "" if f.ok is None else met(f.ok),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -27,6 +27,9 @@ ACCELS = ("auto", "kvm", "tcg")
 # The passphrase of signing keys (key generate, sign): set, even empty, it is never asked for.
 KEY_PASSPHRASE_ENV = "IMAGEKIT_KEY_PASSPHRASE"
 _MIRROR_SCHEMES = ("http://", "https://", "file://")
+# Range connections per large download: mirrors cap each connection, several fill the line.
+DEFAULT_CONNECTIONS = 4
+MAX_CONNECTIONS = 16
 # A config file is a few lines of TOML; config sits below core, so core.capped cannot be used.
 _CONFIG_MAX = 1 << 20
 
@@ -40,6 +43,8 @@ class Settings:
     group: str | None = None  # the group that may read the store (None: its owner alone)
     trust_keys: tuple[Path, ...] = ()  # [trust] keys: public keys whose signatures count
     trust_require: tuple[str, ...] = ()  # [trust] require: pull targets (globs) to be signed
+    connections: int = DEFAULT_CONNECTIONS  # Range connections per large download
+    mirrors: tuple[str, ...] = ()  # more roots the image's bytes may come from (not evidence)
 
 
 def _config_home() -> Path:
@@ -62,6 +67,16 @@ def _string(data: dict[str, Any], key: str, path: Path) -> str | None:
 def _mirror(value: str | None, where: str) -> str | None:
     if value is not None and not value.startswith(_MIRROR_SCHEMES):
         raise RecipeError(f"{where}: mirror {value!r} must be an http://, https:// or file:// URL")
+    return value
+
+
+def _connections(data: dict[str, Any], path: Path) -> int:
+    value = data.get("connections", DEFAULT_CONNECTIONS)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONNECTIONS:
+        raise RecipeError(
+            f"{path}: connections must be a whole number from 1 to {MAX_CONNECTIONS} "
+            f"(default {DEFAULT_CONNECTIONS}), not {value!r}"
+        )
     return value
 
 
@@ -129,13 +144,15 @@ def load_settings() -> Settings:
     mirror: str | None = None
     group: str | None = None
     trust: tuple[tuple[Path, ...], tuple[str, ...]] = ((), ())
+    connections, mirrors = DEFAULT_CONNECTIONS, tuple[str, ...]()
     for path in config_files():
         if path.is_file():
             try:
                 data = tomllib.loads(_read_config(path).decode("utf-8"))
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
                 raise RecipeError(f"cannot read config file {path}: {exc}") from exc
-            unknown = sorted(set(data) - {"store", "mirror", "group", "trust"})
+            known = {"store", "mirror", "mirrors", "connections", "group", "trust"}
+            unknown = sorted(set(data) - known)
             if unknown:
                 raise RecipeError(f"{path}: unknown setting(s) {', '.join(unknown)}")
             text = _string(data, "store", path)
@@ -143,13 +160,23 @@ def load_settings() -> Settings:
             mirror = _mirror(_string(data, "mirror", path), str(path))
             group = _group(_string(data, "group", path), path)
             trust = _trust(data, path)
+            connections = _connections(data, path)
+            mirrors = tuple(
+                _mirror(m, str(path)) or m for m in _strings(data, "mirrors", str(path))
+            )
             break
     if os.environ.get(HOME_ENV):
         store = Path(os.environ[HOME_ENV]).expanduser()
     if os.environ.get(MIRROR_ENV):
         mirror = _mirror(os.environ[MIRROR_ENV], MIRROR_ENV)
     return Settings(
-        store=store, mirror=mirror, group=group, trust_keys=trust[0], trust_require=trust[1]
+        store=store,
+        mirror=mirror,
+        group=group,
+        trust_keys=trust[0],
+        trust_require=trust[1],
+        connections=connections,
+        mirrors=mirrors,
     )
 
 

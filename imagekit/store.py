@@ -7,8 +7,9 @@ option the command line has.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
@@ -16,7 +17,7 @@ from imagekit import config
 from imagekit.core.refs import parse_ref
 from imagekit.errors import RecipeError
 from imagekit.image import Image
-from imagekit.oci import gc, roots
+from imagekit.oci import fsck, gc, retention, roots
 from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.media import REF_ANNOTATION, signed_digest
 from imagekit.progress import ProgressCallback, ignore_progress
@@ -39,13 +40,15 @@ if TYPE_CHECKING:
     from imagekit.build import BuildResult
     from imagekit.check import CheckReport, Profile
     from imagekit.net.transport import Transport
+    from imagekit.oci.multiarch import IndexPushReport
+    from imagekit.oci.prune import PruneReport
     from imagekit.oci.transfer import PushReport
     from imagekit.sources import http, registry
     from imagekit.verify.keys import KeyFiles, PrivateKey
     from imagekit.verify.stored import Signature
 
 GcReport = gc.GcReport
-FsckReport = gc.FsckReport
+FsckReport = fsck.FsckReport
 Root = roots.Root
 
 
@@ -53,6 +56,7 @@ class Store(Layout):
     """A store rooted at ``root``; creating one creates the layout if it is missing.
 
     ``mirror`` is used by pulls and builds that name none (the config file's ``mirror``);
+    ``connections`` and ``mirrors`` likewise (config.toml's; see ``FetchOptions``);
     ``group`` is the group that may read what it writes (None: owner-only; see oci.access);
     ``trust`` says whose signatures count and which pulls need one (config.toml's ``[trust]``
     through :func:`open_store`; default: no trusted keys, nothing required).
@@ -65,9 +69,13 @@ class Store(Layout):
         mirror: str | None = None,
         group: str | None = None,
         trust: TrustPolicy | None = None,
+        connections: int = config.DEFAULT_CONNECTIONS,
+        mirrors: tuple[str, ...] = (),
     ) -> None:
         super().__init__(root, group=group)
         self.mirror = mirror
+        self.connections = connections
+        self.mirrors = mirrors
         self.trust = trust or TrustPolicy()
 
     @classmethod
@@ -85,6 +93,10 @@ class Store(Layout):
         from imagekit.sources import http
 
         options = http.FetchOptions(**network)
+        if "connections" not in network:
+            options = replace(options, connections=self.connections)
+        if "mirrors" not in network:
+            options = replace(options, mirrors=self.mirrors)
         if options.mirror is None:
             options = replace(options, mirror=self.mirror)
         return http.Session(self, options, progress or ignore_progress, transport or Transport())
@@ -188,6 +200,53 @@ class Store(Layout):
         with self.shared_lock():
             report = transfer.push(self, descriptor.digest, parsed, remote, options)
             signatures.push_stored(self, remote, parsed.repository, descriptor.digest, options)
+            return report
+
+    def push_index(
+        self,
+        images: Sequence[str],
+        target: str,
+        *,
+        insecure: bool = False,
+        progress: ProgressCallback | None = None,
+        transport: Transport | None = None,
+        chunk_size: int | None = None,
+    ) -> IndexPushReport:
+        """Push several stored images, one per architecture, as one OCI index at ``target``'s tag.
+
+        Each of ``images`` is ``REF`` or ``REF=ARCH``: the architecture is the one the image's
+        provenance records (recipes and builds record it), which ``=ARCH`` gives for an imported
+        file (``amd64``, ``arm64``; ``x86_64`` works too). Every image goes up by digest with its
+        base and signatures, as :meth:`push` sends it; then the index, under the tag. A pull
+        picks the host's architecture from it, and ``sign oci://...`` signs the index.
+        """
+        from imagekit.oci import multiarch, transfer
+        from imagekit.oci.reference import RegistryRef
+        from imagekit.oci.registry import Registry
+        from imagekit.verify import remote as signatures
+
+        if not images:
+            raise RecipeError("a multi-arch push needs at least one image")
+        entries = []
+        for text in images:
+            ref, eq, given = text.partition("=")
+            descriptor = self.resolve(ref)
+            recorded = Image.from_descriptor(self, descriptor).config.get("arch")
+            arch = multiarch.entry_arch(
+                ref, recorded if isinstance(recorded, str) else None, given if eq else None
+            )
+            entries.append(multiarch.IndexEntry(ref, descriptor.digest, descriptor.size, arch))
+        parsed = RegistryRef.parse(target)
+        remote = Registry(
+            parsed.host, transport=transport, insecure=insecure, repository=parsed.repository
+        )
+        options = transfer.TransferOptions(
+            chunk_size=chunk_size or transfer.DEFAULT_CHUNK, progress=progress or ignore_progress
+        )
+        with self.shared_lock():
+            report = multiarch.push_index(self, entries, parsed, remote, options)
+            for entry in entries:
+                signatures.push_stored(self, remote, parsed.repository, entry.digest, options)
             return report
 
     def build(
@@ -344,11 +403,18 @@ class Store(Layout):
 
     def images(self) -> list[Image]:
         """Every tagged image, sorted by ref."""
-        return [
-            Image.from_descriptor(self, descriptor)
-            for ref, descriptor in self.refs()
-            if signed_digest(ref.partition(":")[2]) is None  # a signature is not an image
-        ]
+        return [Image.from_descriptor(self, descriptor) for _, descriptor in self._image_refs()]
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """:meth:`Image.summary` of every tagged image, sorted by ref, reading only manifests
+        not listed before (what ``imagekit images`` shows)."""
+        from imagekit.image import summaries
+
+        return summaries(self, self._image_refs())
+
+    def _image_refs(self) -> list[tuple[str, Descriptor]]:
+        # a signature (NAME:sha256-<hex>.sig) is not an image
+        return [(r, d) for r, d in self.refs() if signed_digest(r.partition(":")[2]) is None]
 
     def sign(
         self,
@@ -436,16 +502,57 @@ class Store(Layout):
         extra_roots: Iterable[str] = (),
         remove_partial: bool = False,
         dry_run: bool = False,
+        keep_last: int | None = None,
+        older_than: timedelta | None = None,
     ) -> GcReport:
         """Remove blobs no ref, root or extra root reaches, temps of processes that died, and
-        lock files nobody holds; roots whose file is gone are dropped first."""
+        lock files nobody holds; roots whose file is gone are dropped first.
+
+        With ``keep_last`` each image name keeps its N newest images and, with ``older_than``,
+        also those younger than that; the other tags go first, except those a kept image is
+        built on or a file outside the store backs onto (oci.retention).
+        """
+        policy = None
+        if keep_last is not None:
+            policy = retention.Policy(keep_last, older_than)
+        elif older_than is not None:
+            raise RecipeError("--older-than needs --keep-last N (the newest N always stay)")
         return gc.collect(
-            self, extra_roots=extra_roots, remove_partial=remove_partial, dry_run=dry_run
+            self,
+            extra_roots=extra_roots,
+            remove_partial=remove_partial,
+            dry_run=dry_run,
+            policy=policy,
         )
+
+    def prune(
+        self,
+        target: str,
+        *,
+        keep_last: int,
+        older_than: timedelta | None = None,
+        dry_run: bool = False,
+        insecure: bool = False,
+        transport: Transport | None = None,
+    ) -> PruneReport:
+        """Retention in a registry repository (``oci://HOST/REPO``): delete by digest the
+        manifests :meth:`gc`'s policy would untag, and their signatures (oci.prune)."""
+        from imagekit.oci.prune import prune
+        from imagekit.oci.reference import RegistryRef
+        from imagekit.oci.registry import Registry
+
+        parsed = RegistryRef.parse(target)
+        if parsed.tag or parsed.digest:
+            raise RecipeError(f"prune takes a repository, oci://HOST/REPO, not a tag: {target}")
+        policy = retention.Policy(keep_last, older_than)
+        remote = Registry(
+            parsed.host, transport=transport, insecure=insecure, repository=parsed.repository
+        )
+        return prune(remote, parsed.repository, policy, dry_run=dry_run)
 
     def fsck(self) -> FsckReport:
         """Rehash every blob and check every ref's manifest, config and layers are present."""
-        return gc.fsck(self)
+        return fsck.fsck(self)
 
 
 def login(
@@ -479,4 +586,11 @@ def open_store(path: str | Path | None = None) -> Store:
     settings = config.load_settings()
     root = Path(path) if path is not None else settings.store or config.default_store()
     trust = TrustPolicy(settings.trust_keys, settings.trust_require)
-    return Store(root, mirror=settings.mirror, group=settings.group, trust=trust)
+    return Store(
+        root,
+        mirror=settings.mirror,
+        group=settings.group,
+        trust=trust,
+        connections=settings.connections,
+        mirrors=settings.mirrors,
+    )

@@ -3,6 +3,9 @@
 Tests must not reach the internet, yet downloads must be tested against real sockets: ranges,
 validators, resets and slow links are where download code breaks. Each fault is armed per path
 by the test and every response is logged, so a test can assert how many bytes crossed the wire.
+``rate=`` caps every response at so many bytes a second, like a mirror that limits each
+connection (``throttle`` does it for one path); ``peak_in_flight`` says how many requests were
+answered at once.
 With ``tls=`` (a :class:`TestCA` from :func:`make_test_ca`) it speaks HTTPS, so trust decisions
 that depend on TLS are tested against a real handshake; ``redirect`` answers a path with a 30x.
 
@@ -180,9 +183,11 @@ class LoopbackServer:
         host: str = "127.0.0.1",
         port: int = 0,
         tls: TestCA | None = None,
+        rate: float | None = None,
     ) -> None:
         self.root = root
         self.tls = tls
+        self.rate = rate  # bytes/s for every response whose path has no throttle of its own
         self._address = (host, port)
         self._files: dict[str, _Memory] = {}
         self._redirects: dict[str, tuple[str, int]] = {}
@@ -190,6 +195,7 @@ class LoopbackServer:
         self._log: list[tuple[int, LogEntry]] = []  # (arrival order, entry)
         self._arrivals = 0
         self._in_flight = 0
+        self.peak_in_flight = 0
         self._etags: dict[tuple[str, int, int], str] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -362,7 +368,7 @@ class LoopbackServer:
                 f.ignore_range,
                 f.ignore_if_range,
                 f.omit_length,
-                f.bytes_per_second,
+                self.rate if f.bytes_per_second is None else f.bytes_per_second,
                 f.conditional,
             )
 
@@ -395,6 +401,7 @@ class LoopbackServer:
         with self._lock:
             self._arrivals += 1
             self._in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
             return self._arrivals
 
     def _record(self, arrival: int, entry: LogEntry) -> None:
@@ -568,8 +575,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Serve a directory on 127.0.0.1 with ranges.")
     parser.add_argument("root", type=Path)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--rate", type=float, default=None, help="bytes/s per response")
     args = parser.parse_args()
-    with LoopbackServer(args.root, port=args.port) as server:
+    with LoopbackServer(args.root, port=args.port, rate=args.rate) as server:
         print(f"serving {args.root} at {server.url('')}", flush=True)
         try:
             while True:

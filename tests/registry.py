@@ -136,13 +136,13 @@ def htpasswd(directory: Path, user: str, password: str) -> Path:
     return path
 
 
-def _config(port: int, storage: Path, auth: dict[str, Any] | None) -> str:
+def _config(port: int, storage: Path, auth: dict[str, Any] | None, delete: bool) -> str:
     config: dict[str, Any] = {
         "version": 0.1,
         "log": {"level": "warn", "accesslog": {"disabled": False}},
         "storage": {
             "filesystem": {"rootdirectory": str(storage)},
-            "delete": {"enabled": True},
+            "delete": {"enabled": delete},
             "maintenance": {"uploadpurging": {"enabled": False}},
         },
         "http": {"addr": f"127.0.0.1:{port}", "secret": "imagekit-tests-upload-secret"},
@@ -154,16 +154,18 @@ def _config(port: int, storage: Path, auth: dict[str, Any] | None) -> str:
 
 @contextmanager
 def running_registry(
-    directory: Path, *, auth: dict[str, Any] | None = None
+    directory: Path, *, auth: dict[str, Any] | None = None, delete: bool = True
 ) -> Iterator[RunningRegistry]:
-    """Start a registry bound to 127.0.0.1 on a free port; stop it at the end."""
+    """Start a registry bound to 127.0.0.1 on a free port; stop it at the end.
+
+    ``delete`` is distribution's ``storage.delete.enabled``: off, it refuses DELETE (405)."""
     binary = registry_binary()
     directory.mkdir(parents=True, exist_ok=True)
     storage = directory / "storage"
     for _attempt in range(3):
         port = free_port()
         config = directory / "config.yml"
-        config.write_text(_config(port, storage, auth))
+        config.write_text(_config(port, storage, auth, delete))
         log = directory / "access.log"
         with log.open("ab") as out, (directory / "registry.err").open("ab") as err:
             process = subprocess.Popen(

@@ -193,7 +193,8 @@ def test_pull_through_a_mirror_of_the_upstream_layout(
     assert annotations["org.imagekit.source.url"] == source["url"]
     assert annotations["org.imagekit.source.filename"] == filename
     assert annotations["org.imagekit.source.digest"] == image.disk_digest
-    assert {entry.status for entry in server.log()} == {200}
+    # 206: the one-byte Range probe of an image whose size the checksum file does not give
+    assert {entry.status for entry in server.log()} <= {200, 206}
     assert store.fsck().ok
 
 

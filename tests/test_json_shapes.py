@@ -129,6 +129,9 @@ def test_gc(pulled: tuple[str, dict[str, Any]]) -> None:
     locks = kept.pop("removed_locks")  # the pull's lock files, nobody holds them any more
     assert locks and all(name.startswith(("locks/", "tmp/")) for name in locks)
     assert kept == {
+        "removed_refs": [],  # tags a --keep-last policy removed, and why it kept the others
+        "kept_refs": {},
+        "removed_signatures": [],
         "removed_blobs": [],
         "removed_temp": [],
         "dropped_roots": {},
@@ -143,6 +146,9 @@ def test_gc(pulled: tuple[str, dict[str, Any]]) -> None:
     )
     would = cli_json("gc", "--store", store, "--dry-run")
     assert set(would) == {
+        "removed_refs",
+        "kept_refs",
+        "removed_signatures",
         "removed_blobs",
         "removed_temp",
         "removed_locks",

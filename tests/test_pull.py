@@ -306,9 +306,10 @@ def test_file_url_recipe(store: Store, tmp_path: Path, image_bytes: bytes) -> No
     assert store.pull(recipe).verification == "pinned"
 
 
-def _pull_in_child(store_root: str, recipe_path: str) -> str:
+def _pull_in_child(store_root: str, recipe_path: str, connections: int | None = None) -> str:
     store = imagekit.open_store(store_root)
-    return store.pull(imagekit.load_recipe(recipe_path)).disk_digest
+    network = {} if connections is None else {"connections": connections}
+    return store.pull(imagekit.load_recipe(recipe_path), **network).disk_digest
 
 
 def test_concurrent_pulls_download_once(
@@ -338,8 +339,9 @@ def test_kill_9_mid_download_resumes_with_only_the_rest(
         [
             sys.executable,
             "-c",
+            # one stream: reliability/test_segment_kills.py kills segmented downloads
             "import sys; from tests.test_pull import _pull_in_child; "
-            "_pull_in_child(sys.argv[1], sys.argv[2])",
+            "_pull_in_child(sys.argv[1], sys.argv[2], connections=1)",
             str(store.root),
             str(recipe),
         ],
@@ -357,7 +359,7 @@ def test_kill_9_mid_download_resumes_with_only_the_rest(
     upstream.server.throttle(f"/pub/{FILENAME}", None)
     upstream.server.clear_log()
 
-    image = store.pull(imagekit.load_recipe(recipe))
+    image = store.pull(imagekit.load_recipe(recipe), connections=1)
 
     assert image.path.read_bytes() == big
     resumed = upstream.server.log(f"/pub/{FILENAME}")

@@ -50,6 +50,8 @@ insecure = false
 format = "raw"
 filename = "{{name}}.img"
 mirror_root = "https://example.org/"
+mirrors = ["https://mirror.example.net/pub/"]
+metalink = "https://mirrors.example.net/metalink?path={{name}}"
 [[customize]]
 hostname = "web1"
 """

@@ -13,14 +13,17 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from imagekit.core.digest import file_digest, hexpart
 from imagekit.errors import FetchError, RecipeError, UnsafeImageError, VerificationError
+from imagekit.oci import blobs, transfer
 from imagekit.oci.auth import Credentials, find_credentials, parse_challenge
 from imagekit.oci.layout import Descriptor
 from imagekit.oci.media import (
@@ -255,6 +258,36 @@ def test_a_pull_fetches_only_the_blobs_it_lacks(registry: RunningRegistry, tmp_p
     assert again.cached and again.digest == chain.top.digest
 
 
+def test_a_pull_fetches_a_chains_blobs_in_parallel_three_at_a_time(
+    registry: RunningRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chain = make_chain(Store(tmp_path / "a"), tmp_path / "work")
+    chain.store.push("web:1", registry.ref("images/parallel"))
+    first_three = threading.Barrier(transfer.PARALLEL, timeout=60)  # broken unless 3 at once
+    lock = threading.Lock()
+    calls = active = peak = 0
+    original = blobs.download
+
+    def download(*args: Any, **kwargs: Any) -> blobs.Partial | None:
+        nonlocal calls, active, peak
+        with lock:
+            calls, active = calls + 1, active + 1
+            peak, nth = max(peak, active), calls
+        try:
+            if nth <= transfer.PARALLEL:
+                first_three.wait()
+            return original(*args, **kwargs)
+        finally:
+            with lock:
+                active -= 1
+
+    monkeypatch.setattr(blobs, "download", download)
+    pulled = Store(tmp_path / "b").pull_registry(registry.ref("images/parallel"), RegistryPull())
+    assert len(pulled.report.fetched) == calls == 5  # two configs, two disks, the evidence
+    assert peak == transfer.PARALLEL == 3
+    assert pulled.image.digest == chain.top.digest
+
+
 def test_pull_by_digest_and_the_local_ref(registry: RunningRegistry, tmp_path: Path) -> None:
     chain = make_chain(Store(tmp_path / "a"), tmp_path / "work")
     chain.store.push("web:1", registry.ref("team/images/web", "2"))
@@ -283,6 +316,20 @@ def test_a_corrupted_blob_in_the_registry_is_refused(
     assert list(other.blobs_dir.iterdir()) == []
     assert not list(other.tmp_dir.glob(f"oci-{hexpart(chain.overlay.digest)}*"))
     assert other.refs() == []
+
+
+def test_a_blob_longer_than_its_descriptor_is_refused_as_it_arrives(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    chain = make_chain(Store(tmp_path / "a"), tmp_path / "work", seed=8)
+    chain.store.push("web:1", registry.ref("images/longer"))
+    data = registry.blob_data(chain.base_disk.digest)
+    data.write_bytes(data.read_bytes() + b"\0" * (3 << 20))  # served whole, 3 MiB too long
+    other = Store(tmp_path / "b")
+    with pytest.raises(VerificationError, match=f"blob {chain.base_disk.digest} is longer"):
+        other.pull(registry.ref("images/longer"))
+    assert list(other.blobs_dir.iterdir()) == [] and other.refs() == []
+    assert not list(other.tmp_dir.glob(f"oci-{hexpart(chain.base_disk.digest)}*"))
 
 
 def test_a_layer_naming_another_backing_file_is_refused(

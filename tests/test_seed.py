@@ -125,6 +125,8 @@ def test_a_users_cloud_config_is_kept_verbatim_or_extended(tmp_path: Path) -> No
     [
         ("#cloud-config\npackages:\n  - vim\n - curl\n", r"line 4: invalid YAML"),
         ("#cloud-config\nruncmd: [a, b\n", r"line 3: invalid YAML"),
+        # composes, but a list as a mapping key cannot be constructed (found by the fuzz target)
+        ("#cloud-config\nruncmd:\n  - [touch, /x]:\n", r"line 3: invalid YAML: found unhashable"),
         ("#cloud-config\npackages: [vim]\npackges: [curl]\n", r"line 3: 'packges' .*'packages'"),
         ("#cloud-config\nhostname: a\nhostname: b\n", r"line 3: 'hostname' is given twice"),
         ("#cloud-config\n- a list\n", r"line 2: a cloud-config is a mapping"),

@@ -86,7 +86,7 @@ def load_cloud_config(text: str, where: str) -> dict[str, Any]:
             f"{where}: line 1: user-data must start with {HEADER!r} (found {first[:40]!r}); "
             "imagekit seeds carry cloud-config only"
         )
-    node = _compose(text, where)
+    node, data = _parse(text, where)
     if node is None:
         return {}
     if not isinstance(node, yaml.MappingNode):
@@ -95,15 +95,17 @@ def load_cloud_config(text: str, where: str) -> dict[str, Any]:
             f"(packages:, runcmd: ...), not a {node.tag.rsplit(':', 1)[-1]}"
         )
     _check_keys(node, where)
-    data = yaml.safe_load(text)
     assert isinstance(data, dict)
     return data
 
 
-def _compose(text: str, where: str) -> yaml.Node | None:
-    """The YAML node tree, which keeps line numbers; a syntax error names its line."""
+def _parse(text: str, where: str) -> tuple[yaml.Node | None, Any]:
+    """The YAML node tree (it keeps line numbers) and the data; an error names its line.
+
+    Constructing can fail where composing did not (a list as a mapping key: "unhashable key").
+    """
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        return yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f"line {mark.line + 1}: " if mark is not None else ""
@@ -133,8 +135,7 @@ def _check_keys(node: yaml.MappingNode, where: str) -> None:
 
 def _check_network_config(text: str, where: str) -> None:
     """network-config is YAML: version 1 or 2, bare or under ``network:``."""
-    node = _compose(text, where)
-    data = yaml.safe_load(text) if node is not None else None
+    _, data = _parse(text, where)
     if isinstance(data, dict) and isinstance(data.get("network"), dict):
         data = data["network"]
     if not isinstance(data, dict) or data.get("version") not in (1, 2):

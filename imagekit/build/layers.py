@@ -236,10 +236,12 @@ class _Session:
         overlay = self.workdir / f"layer-{self.snapshots}.qcow2"
         qemu_img.create_overlay(overlay, snapshot.name, "qcow2")
         qemu_img.rebase(overlay, parent_name, parent_format, safe=True)
+        compact = self.workdir / f"compact-{self.snapshots}.qcow2"  # docs/build.md
+        qemu_img.compact_layer(overlay, compact, parent_name, parent_format)
         snapshot.unlink()
         layer = self.run.layout.commit_file(
-            overlay,
-            file_digest(overlay),
+            compact,
+            file_digest(compact),
             MEDIA_DISK_QCOW2,
             annotations={PARENT_ANNOTATION: parent.digest},
         )

@@ -5,6 +5,12 @@ yet trusted (``info``, ``check``) run under prlimit (30 s of CPU, 1 GiB of addre
 wall-clock timeout, and fail with UnsafeImageError. Run them only after
 ``diskformat.ensure_safe``: the limits contain qemu, the header check keeps it from opening
 other files. Commands on store content (``create_overlay``, ``convert``) fail with ImagekitError.
+
+Layers are thin in two stages (docs/build.md, "The layer format"). A step writes into an overlay
+of 64 KiB clusters split into 32 subclusters (``extended_l2``), so a guest write allocates and
+copies 2 KiB of its cluster, not 64 KiB. ``compact_layer`` then rewrites that overlay as the
+stored layer: only what it allocated, in clusters of the size that keeps qcow2's fixed tables
+smallest for the disk's virtual size, zlib-compressed when the layer is small.
 """
 
 from __future__ import annotations
@@ -16,13 +22,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from imagekit.disk.header import SUPPORTED_FORMATS, is_plain_name
+from imagekit.disk.header import SUPPORTED_FORMATS, is_plain_name, probe
 from imagekit.errors import ImagekitError, UnsafeImageError
 from imagekit.progress import ProgressCallback, ProgressEvent
 
 CPU_SECONDS = 30
 ADDRESS_SPACE = 1 << 30
 TIMEOUT = 60  # wall clock: catches a qemu-img blocked on I/O, which burns no CPU
+OVERLAY_OPTIONS = "cluster_size=65536,extended_l2=on"  # 2 KiB subclusters; qemu >= 5.2
+LAYER_CLUSTER_SIZES = (2048, 4096, 8192, 16384, 32768, 65536)
+COMPRESS_BELOW = 1 << 20  # bytes of an uncompressed layer; benchmarks/README.md has the trade
 _PERCENT = re.compile(r"\((\d+(?:\.\d+)?)/100%\)")
 
 
@@ -48,13 +57,57 @@ def check(path: Path, fmt: str) -> dict[str, object]:
 
 def create_overlay(path: Path, backing: str, backing_fmt: str) -> None:
     """Create a qcow2 layer on ``backing``, a plain file name qemu resolves next to ``path``."""
+    _check_parent(path, backing, backing_fmt)
+    args = ("create", "-q", "-f", "qcow2", "-o", OVERLAY_OPTIONS, "-F", backing_fmt, "-b", backing)
+    _run((*args, _filename(path)), what=f"qemu-img create of overlay {path}", timeout=TIMEOUT)
+
+
+def compact_layer(overlay: Path, layer: Path, backing: str, backing_fmt: str) -> None:
+    """Rewrite a step's ``overlay`` as ``layer`` on the same ``backing``: its own data only.
+
+    A layer under ``COMPRESS_BELOW`` is written again with zlib-compressed clusters: there
+    qcow2's fixed tables outweigh the data, and reading it back costs little; a bigger layer
+    stays uncompressed, because decompressing is what would slow reads of a long chain. The
+    same overlay bytes give the same layer bytes: clusters are written in order (no ``-W``),
+    and the cluster size and whether to compress follow from the overlay alone.
+    """
+    _check_parent(layer, backing, backing_fmt)
+    cluster = layer_cluster_size(probe(overlay).virtual_size or 0)
+    _write_layer(overlay, layer, backing, backing_fmt, cluster, compress=False)
+    if layer.stat().st_size < COMPRESS_BELOW:
+        _write_layer(overlay, layer, backing, backing_fmt, cluster, compress=True)
+
+
+def _write_layer(
+    overlay: Path, layer: Path, backing: str, backing_fmt: str, cluster: int, *, compress: bool
+) -> None:
+    options = f"cluster_size={cluster},compression_type=zlib"
+    args = ["convert", "-q", "-f", "qcow2", "-O", "qcow2", "-o", options, "-B", backing]
+    args += ["-F", backing_fmt, *(["-c"] if compress else []), _filename(overlay), _filename(layer)]
+    _run(args, what=f"compacting {overlay} into a layer")
+
+
+def layer_cluster_size(virtual_size: int) -> int:
+    """The cluster size that makes a layer's fixed tables smallest for ``virtual_size``.
+
+    Every layer holds a header, a refcount table and a refcount block (a cluster each) and an
+    L1 table of ``64 * virtual_size / cluster_size**2`` bytes (one 8-byte entry per L2 table of
+    ``cluster_size / 8`` entries), in whole clusters: 2 KiB below 704 MiB, 8 KiB at 20 GiB.
+    """
+
+    def fixed(cluster: int) -> int:
+        l1_bytes = 64 * virtual_size // (cluster * cluster)
+        return 3 * cluster + max(1, -(-l1_bytes // cluster)) * cluster
+
+    return min(LAYER_CLUSTER_SIZES, key=fixed)
+
+
+def _check_parent(path: Path, backing: str, backing_fmt: str) -> None:
     if not is_plain_name(backing) or backing_fmt not in SUPPORTED_FORMATS:
         raise ImagekitError(
             f"refusing to layer {path} on {backing!r} ({backing_fmt}): a layer's parent must be "
             "a qcow2 or raw file named plainly in the same directory"
         )
-    args = ("create", "-q", "-f", "qcow2", "-F", backing_fmt, "-b", backing, _filename(path))
-    _run(args, what=f"qemu-img create of overlay {path}", timeout=TIMEOUT)
 
 
 def rebase(path: Path, backing: str, backing_fmt: str, *, safe: bool) -> None:

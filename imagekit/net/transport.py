@@ -11,6 +11,7 @@ requests is imported on first use: a cache-hit pull never needs it.
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 from imagekit._version import __version__
+from imagekit.config import MAX_CONNECTIONS
 from imagekit.core.capped import EVIDENCE_MAX, read_capped
 from imagekit.errors import FetchError
 
@@ -31,6 +33,9 @@ _T = TypeVar("_T")
 HEADERS = {"User-Agent": f"imagekit/{__version__}", "Accept-Encoding": "identity"}
 SMALL_FILE_MAX = EVIDENCE_MAX  # checksum files, signatures, metadata: larger is not one of those
 _MAX_BACKOFF = 30.0
+# Connections kept per host: a segmented download uses up to MAX_CONNECTIONS at once.
+POOL_SIZE = MAX_CONNECTIONS
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 class Transient(Exception):
@@ -87,8 +92,13 @@ class Transport:
         """Created on first use, so that a run which makes no request never imports requests."""
         if self._session is None:
             import requests
+            import requests.adapters
 
-            self._session = requests.Session()
+            session = requests.Session()
+            for prefix in ("http://", "https://"):
+                adapter = requests.adapters.HTTPAdapter(pool_maxsize=POOL_SIZE)
+                session.mount(prefix, adapter)
+            self._session = session
         return self._session
 
     def get(self, url: str, headers: Mapping[str, str] | None = None) -> requests.Response:
@@ -210,6 +220,15 @@ def read_local(url: str, max_bytes: int) -> bytes:
 def content_length(resp: requests.Response) -> int | None:
     value = resp.headers.get("Content-Length", "")
     return int(value) if value.isdigit() else None
+
+
+def content_range(resp: requests.Response) -> tuple[int, int, int | None] | None:
+    """(first, last, total) of a 206's Content-Range; total is None when the server says ``*``."""
+    match = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
+    if match is None:
+        return None
+    first, last, total = match.groups()
+    return int(first), int(last), None if total == "*" else int(total)
 
 
 def raise_for_status(resp: requests.Response, url: str) -> NoReturn:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import http.client
 import json
 import os
 import queue
@@ -20,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, TYPE_CHECKING, TypeVar
 
 from imagekit.core import atomic
 from imagekit.core.digest import hexpart, identity
@@ -30,9 +31,13 @@ from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.registry import PIECE, FileChunk, RangeMismatch, Registry, fail
 from imagekit.progress import ProgressCallback, ProgressEvent
 
+if TYPE_CHECKING:
+    import requests
+
 _PROGRESS_INTERVAL = 0.1
 _HINTS_MAX = 20000
-_QUEUED = 8  # pieces waiting for the hashing thread: 8 MiB at most
+_BUFFERS = 8  # pieces read ahead of the hashing thread: 8 MiB at most
+_FLUSH_EVERY = 32 << 20  # bytes of a download between write-backs started while it arrives
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
 _R = TypeVar("_R")
 
@@ -224,22 +229,43 @@ class _Upload:
 class _Hasher:
     """sha256 on a thread of its own, so a blob is hashed while its next piece arrives.
 
-    hashlib lets go of the GIL on large buffers; at most ``_QUEUED`` pieces wait to be hashed,
-    so memory stays bounded. The pieces are immutable bytes (or views of them): never copied.
+    Pieces are read into a pool of at most ``_BUFFERS`` reused buffers of ``size`` bytes (no
+    allocation, no copy per piece), made as the reader gets ahead; a buffer goes back to the
+    pool once hashed, so memory stays bounded. hashlib lets go of the GIL on large buffers.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, size: int) -> None:
         self._sha = hashlib.sha256()
-        self._queue: queue.Queue[bytes | memoryview | None] = queue.Queue(_QUEUED)
+        self._size, self._made = size, 0
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[memoryview, bytearray] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="imagekit-hash", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while (piece := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
+            piece, buffer = item
             self._sha.update(piece)
+            piece.release()
+            self._free.put(buffer)
 
-    def update(self, piece: bytes | memoryview) -> None:
-        self._queue.put(piece)
+    def buffer(self) -> bytearray:
+        """A buffer to read the next piece into; waits while every one is still to be hashed."""
+        if self._made < _BUFFERS:
+            try:
+                return self._free.get_nowait()
+            except queue.Empty:
+                self._made += 1
+                return bytearray(self._size)
+        return self._free.get()
+
+    def give_back(self, buffer: bytearray) -> None:
+        """A buffer that holds nothing to hash (a read that ended or failed)."""
+        self._free.put(buffer)
+
+    def update(self, piece: memoryview, buffer: bytearray) -> None:
+        """Hash ``piece``, a view of ``buffer``, which returns to the pool once hashed."""
+        self._queue.put((piece, buffer))
 
     def hexdigest(self) -> str:
         """The digest of every piece given; the hasher is finished afterwards."""
@@ -252,22 +278,61 @@ class _Hasher:
             self._thread.join()
 
 
+class _Flusher:
+    """fdatasync on a thread of its own each time ``_FLUSH_EVERY`` more bytes were written.
+
+    The disk then writes a large blob while it arrives, and the fsync that makes it durable
+    before commit waits for the tail alone. An error here is left for that fsync to report.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd, self._pending, self._done = fd, 0, False
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="imagekit-flush", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._done:
+                return
+            with contextlib.suppress(OSError):
+                os.fdatasync(self._fd)
+
+    def wrote(self, n: int) -> None:
+        self._pending += n
+        if self._pending >= _FLUSH_EVERY:
+            self._pending = 0
+            self._wake.set()
+
+    def stop(self) -> None:
+        """Wait for a write-back under way: the file descriptor may be closed afterwards."""
+        self._done = True
+        self._wake.set()
+        self._thread.join()
+
+
+Reader = Callable[[bytearray], int]  # readinto: fills a buffer, returns the count (0: the end)
+
+
 class Partial:
     """``tmp/oci-<hex>.part``: one blob's bytes so far, hashed exactly as they reached the file."""
 
     def __init__(self, path: Path, desc: Descriptor, mode: int = 0o600) -> None:
         self.path, self.desc = path, desc
         self.size = self.adopted = self.received = 0
-        self._hash = _Hasher()
+        self._piece_size = min(PIECE, max(1, desc.size))  # a config needs no 1 MiB buffer
+        self._hash = _Hasher(self._piece_size)
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         self._fd = _guarded(path, lambda: os.open(path, flags, mode))
+        self._flusher = _Flusher(self._fd) if desc.size > _FLUSH_EVERY else None
         self._adopt()
 
     def _adopt(self) -> None:
         """Take over what a killed pull left, unless it is longer than the blob can be."""
-        while piece := os.read(self._fd, PIECE):
-            self._hash.update(piece)
-            self.size += len(piece)
+        while n := self._piece(functools.partial(_read_file, self._fd), append=False):
+            self.size += n
         if self.size > self.desc.size:
             self.reset()
         self.adopted = self.size
@@ -276,23 +341,46 @@ class Partial:
         _guarded(self.path, lambda: os.ftruncate(self._fd, 0))
         os.lseek(self._fd, 0, os.SEEK_SET)
         self._hash.stop()
-        self._hash = _Hasher()
+        self._hash = _Hasher(self._piece_size)
         self.size = self.adopted = 0
 
-    def write(self, data: bytes) -> None:
+    def fill(self, read: Reader) -> int:
+        """Read the next piece of the blob with ``read``, write and hash it; 0 at the end."""
+        n = self._piece(read, append=True)
+        self.size += n
+        self.received += n
+        if self._flusher is not None:
+            self._flusher.wrote(n)
+        return n
+
+    def _piece(self, read: Reader, *, append: bool) -> int:
+        """One piece read into a pooled buffer, appended to the file if ``append``, hashed."""
+        hasher = self._hash  # a refused piece resets the Partial, and with it the hasher
+        buffer = hasher.buffer()
+        try:
+            n = read(buffer)
+            if n and append:
+                self.write(memoryview(buffer)[:n])
+        except BaseException:
+            hasher.give_back(buffer)
+            raise
+        if not n:
+            hasher.give_back(buffer)
+            return 0
+        hasher.update(memoryview(buffer)[:n], buffer)
+        return n
+
+    def write(self, data: memoryview) -> None:
+        """Append ``data`` to the file (the caller hashes it and counts it)."""
         if self.size + len(data) > self.desc.size:
             self.discard()
             raise VerificationError(
                 f"blob {self.desc.digest} is longer than the {self.desc.size} bytes its manifest "
                 "says; the registry serves other bytes, nothing was stored"
             )
-        view = memoryview(data)
-        while view:
-            n = _guarded(self.path, functools.partial(os.write, self._fd, view))
-            self._hash.update(view[:n])
-            self.size += n
-            self.received += n
-            view = view[n:]
+        while data:
+            n = _guarded(self.path, functools.partial(os.write, self._fd, data))
+            data = data[n:]
 
     def finish(self) -> None:
         """Refuse the bytes unless their size and digest are the descriptor's; then fsync."""
@@ -312,7 +400,13 @@ class Partial:
 
     def close(self) -> None:
         self._hash.stop()
+        if self._flusher is not None:
+            self._flusher.stop()
         os.close(self._fd)
+
+
+def _read_file(fd: int, buffer: bytearray) -> int:
+    return os.readv(fd, [buffer])
 
 
 def download(
@@ -361,11 +455,19 @@ def _get_rest(registry: Registry, repository: str, part: Partial, meter: Meter) 
             raise Transient("the registry cannot resume this blob; fetching it again")
         else:
             fail(resp, f"cannot fetch blob {desc.digest} from {registry.host}")
-        for piece in resp.raw.stream(PIECE, decode_content=False):
-            part.write(piece)
+        read = _reader(resp)
+        while part.fill(read):
             meter.update(part.size)
     if part.size < desc.size:
         raise Transient(f"connection closed after {part.size} of {desc.size} bytes")
+
+
+def _reader(resp: requests.Response) -> Reader:
+    """The body's readinto: http.client's own under urllib3 (into our buffer, no copy, no
+    allocation per piece), else urllib3's. We asked for identity: nothing is to decode."""
+    raw = resp.raw
+    body = getattr(raw, "_fp", None)
+    return body.readinto if isinstance(body, http.client.HTTPResponse) else raw.readinto
 
 
 def commit(layout: Layout, part: Partial, desc: Descriptor) -> None:

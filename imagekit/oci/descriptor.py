@@ -10,6 +10,8 @@ from typing import Any
 from imagekit.core.refs import DIGEST_RE
 from imagekit.errors import StoreError
 
+_DIGEST = re.compile(DIGEST_RE)
+
 
 @dataclass(frozen=True)
 class Descriptor:
@@ -43,12 +45,12 @@ class Descriptor:
         annotations = obj.get("annotations", {})
         if not isinstance(media_type, str) or not media_type:
             raise StoreError(f"malformed descriptor {obj!r}: mediaType must be a string")
-        if not isinstance(digest, str) or not re.fullmatch(DIGEST_RE, digest):
+        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
             raise StoreError(f"malformed descriptor {obj!r}: digest must be sha256:<64 hex>")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        if type(size) is not int or size < 0:  # bool is an int subclass: refused too
             raise StoreError(f"malformed descriptor {obj!r}: size must be a non-negative integer")
         if not isinstance(annotations, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+            type(k) is str and type(v) is str for k, v in annotations.items()
         ):
             raise StoreError(f"malformed descriptor {obj!r}: annotations must map str to str")
         return cls(media_type, digest, size, annotations)

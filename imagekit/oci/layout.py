@@ -21,9 +21,10 @@ from imagekit.core.digest import canonical_json, hash_stream, hexpart, sha256_by
 from imagekit.core.locking import FileLock
 from imagekit.core.refs import DIGEST_RE, parse_ref
 from imagekit.errors import StoreError
-from imagekit.oci import lookup
+from imagekit.oci import index, lookup
 from imagekit.oci.access import Access
 from imagekit.oci.descriptor import Descriptor as Descriptor  # re-exported: callers import it here
+from imagekit.oci.index import IndexFile
 from imagekit.oci.media import (
     ARTIFACT_TYPE,
     DISK_FORMATS,
@@ -53,7 +54,9 @@ class Layout:
         self.cache_dir = self.root / "cache"
         self.locks_dir = self.root / "locks"
         self._layout = self.root / "oci-layout"
-        self._index = self.root / "index.json"
+        self._index = IndexFile(
+            self.root / "index.json", self.locks_dir / "index.lock", self._replace_file
+        )
         try:
             if self._layout.exists():
                 self.check_layout()
@@ -69,7 +72,7 @@ class Layout:
             ):
                 self.access.make_dir(d)
             self._create_file(self._layout, canonical_json({"imageLayoutVersion": LAYOUT_VERSION}))
-            self._create_file(self._index, _index_bytes(_empty_index()))
+            self._create_file(self._index.path, index.empty())
         except OSError as e:
             raise StoreError(
                 f"cannot create the store at {self.root}: {e}; "
@@ -224,32 +227,37 @@ class Layout:
             manifest.size,
             {**manifest.annotations, REF_ANNOTATION: name},
         )
-        with self._index_lock():
-            index = self._load_index()
-            kept = [m for m in index["manifests"] if _ref_of(m) != name]
-            index["manifests"] = [*kept, entry.to_json()]
-            self._replace_file(self._index, _index_bytes(index))
+        self._index.edit({name}, entry)
 
     def untag(self, ref: str) -> Descriptor:
         """Remove ``ref`` (a bare name means ``name:latest``); the blobs stay until gc."""
         name = str(parse_ref(ref))
-        with self._index_lock():
-            index = self._load_index()
-            gone = [m for m in index["manifests"] if _ref_of(m) == name]
-            if not gone:
-                raise lookup.not_found(self, name)
-            index["manifests"] = [m for m in index["manifests"] if _ref_of(m) != name]
-            self._replace_file(self._index, _index_bytes(index))
-        return Descriptor.from_json(gone[-1])
+        gone = self._index.edit({name})
+        if not gone:
+            raise lookup.not_found(self, name)
+        return gone[-1]
+
+    def untag_all(self, refs: Iterable[str]) -> None:
+        """Remove every ref in ``refs`` that is tagged, in one write of the index."""
+        self._index.edit({str(parse_ref(ref)) for ref in refs})
 
     def refs(self) -> list[tuple[str, Descriptor]]:
         """Every tagged ref and its manifest descriptor, sorted by ref."""
         found: dict[str, Descriptor] = {}
-        for obj in self._load_index()["manifests"]:
-            ref = _ref_of(obj)
+        for entry in self.entries():
+            ref = entry.annotations.get(REF_ANNOTATION)
             if ref is not None:
-                found[ref] = Descriptor.from_json(obj)
+                found[ref] = entry
         return sorted(found.items())
+
+    def find_ref(self, ref: str) -> Descriptor | None:
+        """The manifest descriptor ``ref`` (``name:tag``, as tagged) names, or None; at 10,000
+        refs this reads the index's lines without parsing them all."""
+        return self._index.find(ref)
+
+    def ref_names(self) -> list[str]:
+        """Every tagged ref, sorted (cheaper than :meth:`refs` in a large store)."""
+        return self._index.names()
 
     def resolve(self, ref_or_digest: str) -> Descriptor:
         """Find a manifest by ``name:tag``, ``name``, digest, or a digest prefix of 12+ hex."""
@@ -300,9 +308,6 @@ class Layout:
 
     # --- internals -------------------------------------------------------------------------
 
-    def _index_lock(self) -> FileLock:
-        return FileLock(self.locks_dir / "index.lock")
-
     def check_layout(self) -> None:
         try:
             obj = json.loads(self._layout.read_bytes())
@@ -318,25 +323,9 @@ class Layout:
                 "point IMAGEKIT_HOME at another directory"
             )
 
-    def _load_index(self) -> dict[str, Any]:
-        """index.json, validated; StoreError sends the user to fsck when it is damaged."""
-        try:
-            obj = json.loads(self._index.read_bytes())
-            if not isinstance(obj, dict) or obj.get("schemaVersion") != 2:
-                raise StoreError("not an OCI index with schemaVersion 2")
-            if not isinstance(obj.get("manifests"), list):
-                raise StoreError("'manifests' is not a list")
-            for entry in obj["manifests"]:
-                Descriptor.from_json(entry)
-        except (OSError, ValueError, StoreError) as e:
-            raise StoreError(
-                f"{self._index} is damaged ({e}); run `imagekit fsck`, then restore it "
-                "from a backup or re-tag your images"
-            ) from e
-        return obj
-
     def entries(self) -> list[Descriptor]:
-        return [Descriptor.from_json(m) for m in self._load_index()["manifests"]]
+        """Every index entry in the order tagged (a retag moves a ref to the end)."""
+        return self._index.entries()
 
     def _create_file(self, path: Path, data: bytes) -> None:
         """Create ``path`` with ``data`` unless it exists: link never clobbers a racing creator."""
@@ -363,21 +352,6 @@ def check_digest(digest: str) -> str:
     if not re.fullmatch(DIGEST_RE, digest):
         raise StoreError(f"malformed digest {digest!r}: expected sha256:<64 lowercase hex>")
     return digest
-
-
-def _empty_index() -> dict[str, Any]:
-    return {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": []}
-
-
-def _index_bytes(index: Mapping[str, Any]) -> bytes:
-    """index.json is edited by people and diffed, so it is indented, unlike blobs."""
-    return (json.dumps(index, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
-
-
-def _ref_of(entry: Any) -> str | None:
-    annotations = entry.get("annotations") if isinstance(entry, dict) else None
-    ref = annotations.get(REF_ANNOTATION) if isinstance(annotations, dict) else None
-    return ref if isinstance(ref, str) else None
 
 
 def manifest_descriptors(obj: Any) -> list[Descriptor]:

@@ -26,7 +26,9 @@ class Index(Protocol):
     @property
     def root(self) -> Path: ...
 
-    def refs(self) -> list[tuple[str, Descriptor]]: ...
+    def find_ref(self, ref: str) -> Descriptor | None: ...
+
+    def ref_names(self) -> list[str]: ...
 
     def entries(self) -> list[Descriptor]: ...
 
@@ -48,19 +50,22 @@ def resolve(index: Index, text: str) -> Descriptor:
             )
         return _by_digest(index, hexpart)
     ref = parse_ref(text)
-    refs = dict(index.refs())
+    found = index.find_ref(str(ref))
     if ":" in text:
-        if str(ref) in refs:
-            return refs[str(ref)]
+        if found is not None:
+            return found
         raise not_found(index, str(ref))
     # A bare name means the image's tag: its signature tags (NAME:sha256-<hex>.sig) do not count.
     same_name = [
-        r for r in refs if r.partition(":")[0] == ref.name and not signed_digest(r.split(":")[1])
+        r
+        for r in index.ref_names()
+        if r.partition(":")[0] == ref.name and not signed_digest(r.split(":")[1])
     ]
-    if len(same_name) == 1:
-        return refs[same_name[0]]
-    if str(ref) in refs:
-        return refs[str(ref)]
+    only = index.find_ref(same_name[0]) if len(same_name) == 1 else None
+    if only is not None:
+        return only
+    if found is not None:
+        return found
     if same_name:
         raise RefNotFoundError(
             f"{text!r} is ambiguous: it has tags {', '.join(same_name)} and none is "
@@ -73,7 +78,7 @@ def resolve(index: Index, text: str) -> Descriptor:
 
 def not_found(index: Index, wanted: str) -> RefNotFoundError:
     """The error for a missing ref, naming the refs close to it (or what the store has)."""
-    refs = [r for r, _ in index.refs()]
+    refs = index.ref_names()
     if not refs:
         return RefNotFoundError(
             f"no image {wanted!r}: the store at {index.root} is empty; pull one first"

@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
@@ -50,6 +51,10 @@ class Manifest:
         if not isinstance(obj, dict):
             raise VerificationError(f"manifest {self.digest} is not a JSON object")
         return obj
+
+
+class DeleteRefused(FetchError):
+    """The registry does not allow deleting manifests (its configuration, not this request)."""
 
 
 class RangeMismatch(Exception):
@@ -196,6 +201,66 @@ class Registry:
                 if resp.status_code not in (200, 201):
                     fail(resp, f"{self.host} refused manifest {repository}:{reference}")
             return sha256_bytes(body)
+
+        return self.retrying(url, once)
+
+    def tags(self, repository: str, *, page: int = 100) -> list[str]:
+        """Every tag of ``repository``, following the registry's pages (``?n=&last=``).
+
+        The next page is the one the ``Link`` header names, else the page after the last tag
+        of a full one; a repository that does not exist has no tags.
+        """
+        found: list[str] = []
+        url: str | None = self.url(repository, "tags", "list", query={"n": str(page)})
+        while url is not None:
+            batch, url = self.retrying(url, partial(self._tags_page, url, repository, page))
+            found.extend(batch)
+        return found
+
+    def _tags_page(self, url: str, repository: str, page: int) -> tuple[list[str], str | None]:
+        with self.request("GET", url, [pull_scope(repository)]) as resp:
+            if resp.status_code == 404:
+                return [], None
+            if resp.status_code != 200:
+                fail(resp, f"cannot list the tags of {self.host}/{repository}")
+            body = read_capped(resp, MANIFEST_MAX, f"the tag list of {repository}")
+            link = resp.links.get("next", {}).get("url")
+        try:
+            tags = json.loads(body).get("tags") or []
+        except (ValueError, AttributeError):
+            raise FetchError(
+                f"{self.host} sent a tag list of {repository} that is not JSON"
+            ) from None
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise FetchError(f"{self.host} sent a malformed tag list of {repository}")
+        if link:
+            return tags, urljoin(url, link)
+        if tags and len(tags) == page:  # a registry that pages without a Link header
+            query = {"n": str(page), "last": tags[-1]}
+            return tags, self.url(repository, "tags", "list", query=query)
+        return tags, None
+
+    def delete_manifest(self, repository: str, digest: str) -> bool:
+        """DELETE a manifest by digest (every tag naming it goes with it); False if it was gone.
+
+        A registry that does not allow deletes (distribution's ``storage.delete.enabled`` off:
+        HTTP 405 UNSUPPORTED) raises :class:`DeleteRefused`.
+        """
+        url = self.url(repository, "manifests", digest)
+
+        def once() -> bool:
+            with self.request("DELETE", url, [push_scope(repository)]) as resp:
+                if resp.status_code == 404:
+                    return False
+                if resp.status_code == 405:
+                    raise DeleteRefused(
+                        f"{self.host} does not allow deleting manifests (HTTP 405"
+                        f"{_error_text(resp)}); enable deletes on the registry "
+                        "(distribution: storage.delete.enabled: true)"
+                    )
+                if resp.status_code not in (200, 202):
+                    fail(resp, f"{self.host} refused to delete {repository}@{digest}")
+            return True
 
         return self.retrying(url, once)
 

@@ -55,6 +55,17 @@ def http_source(
             raise RecipeError(f"{where}: cannot take a file name from URL {url!r}; set filename")
     if mirror_root and not url.startswith(mirror_root):
         raise RecipeError(f"{where}: url does not start with mirror_root {mirror_root!r}")
+    metalink = source["metalink"] or None
+    if metalink and spec is None:
+        metalink = expand(metalink, values, where)
+    if metalink and not metalink.startswith(SCHEMES[:2]):
+        raise RecipeError(f"{where}: metalink {metalink!r} must be an https:// or http:// URL")
+    mirrors: tuple[str, ...] = source["mirrors"]
+    for root in mirrors:
+        if not root.startswith(SCHEMES[:2]) or "{" in root:
+            raise RecipeError(
+                f"{where}: mirrors {root!r} must be a literal https:// or http:// URL"
+            )
     return HttpSource(
         url=url,
         checksum_url=checksum_url,
@@ -66,6 +77,8 @@ def http_source(
         format=source["format"],
         filename=filename,
         mirror_root=mirror_root or url.rsplit("/", 1)[0] + "/",
+        mirrors=mirrors,
+        metalink=metalink,
         level=level,
         release_keys=release_keys,
         resolve=spec,

@@ -60,6 +60,8 @@ class HttpSource:
     format: str = HTTP.default("format")
     filename: str = ""  # the name the checksum file lists; defaults to the URL's last component
     mirror_root: str = ""  # the URL prefix that ``--mirror`` replaces
+    mirrors: tuple[str, ...] = ()  # more roots replacing mirror_root, for the image's bytes only
+    metalink: str | None = None  # a metalink listing more URLs of the image (its hashes unused)
     level: str = ""  # the verification level the recipe requires ("": whatever the evidence is)
     release_keys: Mapping[str, KeyPin] = field(default_factory=dict)
     resolve: ResolveSpec | None = None

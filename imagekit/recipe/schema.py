@@ -107,6 +107,20 @@ HTTP = Table(
             "the URL prefix `--mirror` replaces; default: the URL's directory; required with "
             "`[resolve]`, and every URL the recipe reads must start with it",
         ),
+        Key(
+            "metalink",
+            forms.LINE,
+            "a metalink (RFC 5854, or MirrorManager's 3.0) listing mirrors of the image: its "
+            "`http(s)` URLs for the image's file are read like `mirrors`; its hashes count for "
+            "nothing (the checksum file decides)",
+        ),
+        Key(
+            "mirrors",
+            forms.WORDS,
+            "more roots publishing the same tree as `mirror_root`: the image's bytes may also "
+            "come from them (several Range connections, one sha256 over the file); the "
+            "checksum file and signature do not, and the checksum stays what the bytes must match",
+        ),
     ),
     kind="http",
 )

@@ -162,6 +162,7 @@ class Context:
             url=self.fill(source.url, values),
             checksum_url=self.fill(source.checksum_url, values) if source.checksum_url else None,
             signature_url=self.fill(source.signature_url, values) if source.signature_url else None,
+            metalink=self.fill(source.metalink, values) if source.metalink else None,
             filename=candidate.filename,
             keys=pins.files if pins else source.keys,
             fingerprints=pins.fingerprints if pins else source.fingerprints,

@@ -9,13 +9,15 @@ before any qemu tool opens them; only then do they enter ``blobs/``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple, TypedDict
+from urllib.parse import unquote, urlsplit
 
 from imagekit import catalog, provenance
+from imagekit.config import DEFAULT_CONNECTIONS
 from imagekit.core.digest import file_digest, hexpart, sha256_bytes
 from imagekit.core.refs import parse_ref
 from imagekit.disk import header, qemu_img
@@ -23,6 +25,7 @@ from imagekit.errors import FetchError, ImagekitError, RecipeError, StoreError, 
 from imagekit.image import Image
 from imagekit.net.download import Downloader, FetchResult
 from imagekit.net.metadata import DEFAULT_TTL, Fetched, UpstreamCache
+from imagekit.net.metalink import mirror_urls
 from imagekit.net.transport import Transport
 from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.media import (
@@ -56,10 +59,14 @@ class FetchOptions:
     ``refresh`` re-checks upstream metadata and ignores a matching ref; ``offline`` makes no
     request (cached metadata, stored blobs only); ``allow_loopback_http`` lets checksum-over-tls
     recipes read checksum files over plain http from 127.0.0.1/localhost (tests, a local proxy);
-    ``keys_override`` replaces every recipe's pinned keys, recorded in provenance.
+    ``keys_override`` replaces every recipe's pinned keys, recorded in provenance;
+    ``connections`` is how many Range connections a large image may use, ``mirrors`` more roots
+    (beside the recipe's ``mirrors``) its bytes may come from.
     """
 
     mirror: str | None = None
+    connections: int = DEFAULT_CONNECTIONS
+    mirrors: tuple[str, ...] = ()
     refresh: bool = False
     offline: bool = False
     allow_loopback_http: bool = False
@@ -71,6 +78,8 @@ class NetworkOptions(TypedDict, total=False):
     """:class:`FetchOptions` as keyword arguments of the public API (``Store.pull(mirror=...)``)."""
 
     mirror: str | None
+    connections: int
+    mirrors: tuple[str, ...]
     refresh: bool
     offline: bool
     allow_loopback_http: bool
@@ -89,7 +98,9 @@ class Session:
 
     @property
     def downloader(self) -> Downloader:
-        return Downloader(self.layout.tmp_dir, transport=self.transport)
+        return Downloader(
+            self.layout.tmp_dir, transport=self.transport, connections=self.options.connections
+        )
 
     @contextmanager
     def upstream(self) -> Iterator[UpstreamCache]:
@@ -119,19 +130,27 @@ class Plan:
     checksum_url: str | None
     signature_url: str | None
     mirror: str | None
+    mirrors: tuple[str, ...] = ()  # the image on other mirrors: more places for its bytes
 
 
-def plan(source: HttpSource, mirror: str | None = None) -> Plan:
-    """Rewrite the recipe's URLs onto a mirror: ``mirror_root`` is replaced by ``mirror``."""
+def plan(source: HttpSource, mirror: str | None = None, mirrors: Sequence[str] = ()) -> Plan:
+    """Rewrite the recipe's URLs onto a mirror: ``mirror_root`` is replaced by ``mirror``.
+
+    The image's URL on each of ``mirrors`` and the recipe's own is where its segments may also
+    come from; the evidence is read from one place only.
+    """
 
     def rewrite(url: str | None) -> str | None:
         return None if url is None else on_mirror(url, source.mirror_root, mirror)
 
+    url = on_mirror(source.url, source.mirror_root, mirror)
+    others = (on_mirror(source.url, source.mirror_root, m) for m in (*source.mirrors, *mirrors))
     return Plan(
-        url=on_mirror(source.url, source.mirror_root, mirror),
+        url=url,
         checksum_url=rewrite(source.checksum_url),
         signature_url=rewrite(source.signature_url),
         mirror=mirror or None,
+        mirrors=tuple(u for u in dict.fromkeys(others) if u != url),
     )
 
 
@@ -195,13 +214,15 @@ def _fetch_target(session: Session, recipe: Recipe, target: Target, cache: Upstr
     """Verify the evidence for the resolved file, then fetch, inspect and store it."""
     layout, progress = session.layout, session.progress
     source = target.source
-    urls = plan(source, session.options.mirror)
+    urls = plan(source, session.options.mirror, session.options.mirrors)
     if target.resolution is not None:
         progress(ProgressEvent("resolve", f"{recipe.ref} is {source.filename}"))
     progress(ProgressEvent("verify", f"checking evidence for {source.filename}"))
     evidence = _verify(recipe, target, urls, cache, session.options.allow_loopback_http)
     disk, info, fetched_from = fetch_disk(
-        session, DiskRequest(urls.url, source.format, evidence.expect), cache=cache
+        session,
+        DiskRequest(urls.url, source.format, evidence.expect, urls.mirrors, source.metalink),
+        cache=cache,
     )
     stored = [
         layout.add_bytes(fetched.body, media)
@@ -222,6 +243,8 @@ def _fetch_target(session: Session, recipe: Recipe, target: Target, cache: Upstr
             "url": source.url,
             "fetched_from": fetched_from,
             "mirror": urls.mirror,
+            "mirrors": list(urls.mirrors),
+            "metalink": source.metalink,
             "checksum_url": source.checksum_url,
             "checksum_url_fetched": evidence.checksum.url if evidence.checksum else None,
             "signature_url": source.signature_url,
@@ -307,6 +330,8 @@ class DiskRequest:
     url: str
     disk_format: str
     expect: Expectation
+    mirrors: tuple[str, ...] = ()  # the same file elsewhere: segments may come from them too
+    metalink: str | None = None  # lists more of those; read only when the bytes are fetched
 
 
 class FetchedDisk(NamedTuple):
@@ -342,10 +367,21 @@ def fetch_disk(
             raise FetchError(
                 f"offline, and {url} is not in the store yet: pull it once without --offline"
             )
+        mirrors = request.mirrors
+        if request.metalink:
+            got = cache.fetch(request.metalink) if cache else None
+            body = got.body if got else session.transport.fetch_small(request.metalink).body
+            found = mirror_urls(body, _filename(url), request.metalink)
+            mirrors = tuple(dict.fromkeys(m for m in (*mirrors, *found) if m != url))
         algorithms = sorted({"sha256", *expect.digests})
         name = hexpart(sha256_bytes(url.encode()))[:32]
         result = session.downloader.download(
-            url, name=name, algorithms=algorithms, expected_size=expect.size, progress=progress
+            url,
+            name=name,
+            algorithms=algorithms,
+            expected_size=expect.size,
+            progress=progress,
+            mirrors=mirrors,
         )
         try:
             expect.check(result.digests, result.size, url)
@@ -392,3 +428,8 @@ def _discard(result: FetchResult) -> None:
     """Drop a download and its resume sidecar (failed checks must not be resumed later)."""
     for path in (result.path, result.path.with_name(result.path.name + ".json")):
         path.unlink(missing_ok=True)
+
+
+def _filename(url: str) -> str:
+    """The file a URL names: what a metalink lists it as."""
+    return PurePosixPath(unquote(urlsplit(url).path)).name

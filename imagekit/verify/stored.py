@@ -128,7 +128,7 @@ def attach(
 def stored_layers(layout: Layout, digest: str) -> list[SignatureLayer]:
     """Every stored signature of ``digest``, whatever image name it is kept under."""
     found: list[SignatureLayer] = []
-    for ref, _ in layout.refs():
+    for ref in layout.ref_names():
         if ref.partition(":")[2] == signature_tag(digest):
             found = merge_layers(found, _layers(layout, ref))
     return found
@@ -140,7 +140,7 @@ def signatures(layout: Layout, digest: str, trust: TrustPolicy) -> list[Signatur
     The reference rule is not applied: a local image has no registry name to hold it to.
     """
     found = []
-    for ref, _ in layout.refs():
+    for ref in layout.ref_names():
         if ref.partition(":")[2] != signature_tag(digest):
             continue
         try:
@@ -164,7 +164,7 @@ def _checked(
 
 
 def _layers(layout: Layout, ref: str) -> list[SignatureLayer]:
-    descriptor = dict(layout.refs()).get(ref)
+    descriptor = layout.find_ref(ref)
     if descriptor is None:
         return []
     return parse_signature_manifest(layout.read_blob(descriptor.digest))

@@ -27,31 +27,32 @@ def die() -> None:
 
 def kill_at_byte(limit: int) -> None:
     """Die once the partial download holds exactly ``limit`` bytes."""
-    from imagekit.net.download import _Partial
+    from imagekit.net.partfile import Partial
 
-    original = _Partial._write
+    original = Partial._write
 
-    def write(self: _Partial, fd: int, data: bytes) -> None:
+    def write(self: Partial, fd: int, data: bytes) -> None:
         if self.size + len(data) >= limit:
             original(self, fd, bytes(memoryview(data)[: limit - self.size]))
             die()
         original(self, fd, data)
 
-    _Partial._write = write  # type: ignore[method-assign]
+    Partial._write = write  # type: ignore[method-assign]
 
 
 def kill_at_blob_byte(limit: int) -> None:
     """Die once a registry pull's partial blob holds at least ``limit`` bytes."""
     from imagekit.oci.blobs import Partial
 
-    original = Partial.write
+    original = Partial.fill
 
-    def write(self: Partial, data: bytes) -> None:
-        original(self, data)
+    def fill(self: Partial, read: Callable[[bytearray], int]) -> int:
+        n = original(self, read)
         if self.size >= limit:
             die()
+        return n
 
-    Partial.write = write  # type: ignore[method-assign]
+    Partial.fill = fill  # type: ignore[method-assign]
 
 
 def kill_at_call(point: str, nth: int = 1) -> None:
@@ -68,10 +69,11 @@ def kill_at_call(point: str, nth: int = 1) -> None:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
-        if calls == nth and when == "before":
+        this = calls  # a call of its own: other threads (segment workers) count on meanwhile
+        if this == nth and when == "before":
             die()
         result = original(*args, **kwargs)
-        if calls == nth and when == "after":
+        if this == nth and when == "after":
             die()
         return result
 
@@ -107,7 +109,12 @@ def run(spec: dict[str, Any]) -> None:
         kill_at_call(spec["call"], int(spec.get("nth", 1)))
     if spec.get("unlink"):
         kill_at_unlink(int(spec["unlink"]))
-    store = Store(pathlib.Path(spec["store"]))
+    if spec.get("segment"):  # smaller segments: a small image has several
+        from imagekit.net import segments
+
+        segments.SEGMENT_SIZE = int(spec["segment"])
+    # one connection unless asked: the byte-offset kills follow one stream
+    store = Store(pathlib.Path(spec["store"]), connections=int(spec.get("connections", 1)))
     op = spec["op"]
     if op == "pull":
         store.pull(load_recipe(spec["recipe"]), transport=Transport(backoff=0.01))
