@@ -313,11 +313,11 @@ def customized(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory
     with guest.launched(drives, network=needs_network(step), progress=events) as g:
         grown = grow.grow_filesystems(g)
         inspected = guest.mount_inspected(g)
-        result = apply_step(g, step, base_dir=base_dir)
+        result = apply_step(g, step, inspected, base_dir=base_dir)
         failures = {}
         for name, (table, _) in FAILING.items():  # each fails before it writes anything
             with pytest.raises(CustomizeError) as error:
-                apply_step(g, parse_step(table, where="t"), base_dir=base_dir)
+                apply_step(g, parse_step(table, where="t"), inspected, base_dir=base_dir)
             failures[name] = str(error.value)
     return Customized(disk, result, inspected, grown, failures, events.launches)
 

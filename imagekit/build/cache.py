@@ -3,7 +3,8 @@
 Plain files written by rename (``cache/build/<key>``) survive kill -9 and concurrent builders
 (last writer wins with an identical value); an entry whose blob gc removed is simply a miss.
 Beside each layer's entry, ``<key>.record`` keeps what its step printed and found, so a cached
-layer's manifest says the same as a fresh one.
+layer's manifest says the same as a fresh one; ``<disk digest>.inspection`` keeps what inspecting
+a base found, so the next step on it mounts from that instead of inspecting again.
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ class BuildCache:
 
     def save_record(self, key: str, outcome: Mapping[str, Any]) -> None:
         self._write(f"{hexpart(key)}.record", dict(outcome))
+
+    def inspection(self, digest: str) -> object:
+        """What inspecting disk ``digest`` found (``appliance.InspectedOS`` as JSON), or None."""
+        try:
+            return json.loads((self.directory / f"{hexpart(digest)}.inspection").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def save_inspection(self, digest: str, inspected: Mapping[str, Any]) -> None:
+        """Keep an inspection of a disk no step made (a base), for the next step built on it."""
+        self._write(f"{hexpart(digest)}.inspection", dict(inspected))
 
     def _write(self, name: str, obj: Any) -> None:
         """Replace ``name`` by rename, so a reader or a kill never sees half an entry."""

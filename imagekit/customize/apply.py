@@ -10,18 +10,25 @@ from imagekit.customize.spec import Operation, OperationSpec
 from imagekit.customize.steps import Step
 from imagekit.customize.table import OPERATIONS
 from imagekit.errors import CustomizeError
+from imagekit.guest.appliance import InspectedOS
 from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
 
 
 def apply_step(
-    g: Any, step: Step, *, base_dir: Path, progress: ProgressCallback = ignore_progress
+    g: Any,
+    step: Step,
+    guest_os: InspectedOS,
+    *,
+    base_dir: Path,
+    progress: ProgressCallback = ignore_progress,
 ) -> StepResult:
-    """Apply ``step`` to the mounted guest (see ``appliance.mount_inspected``); size excepted.
+    """Apply ``step`` to the guest ``guest_os`` describes, mounted (``appliance.mount_os``);
+    size excepted.
 
     Everything is done through libguestfs file calls, so it works on any Linux guest; only
     ``run_command`` and ``install`` execute guest programs.
     """
-    ctx = Context(g, base_dir, StepResult())
+    ctx = Context(g, guest_os, base_dir, StepResult())
     for op in step.operations:
         spec = OPERATIONS[op.name]
         if spec.apply is None:

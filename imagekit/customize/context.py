@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from imagekit.errors import CustomizeError
+from imagekit.guest.appliance import InspectedOS
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Context:
     """The guestfs handle ``g`` (mounted), with the file helpers several operations share."""
 
     g: Any
+    guest_os: InspectedOS  # what inspection (or its record) says the mounted guest is
     base_dir: Path
     result: StepResult
 

@@ -17,6 +17,7 @@ from imagekit.customize.ops.sysprep import SYSPREP
 from imagekit.customize.spec import ArgKind, Operation, OperationSpec
 from imagekit.customize.table import OPERATIONS
 from imagekit.errors import RecipeError
+from imagekit.guest.appliance import InspectedOS
 
 STEP_CODE_VERSION = "1"
 """Part of every build key: bump it when the behaviour of apply_step changes for all operations
@@ -112,6 +113,41 @@ def manifest_step(step: Step) -> dict[str, object]:
 
 def needs_network(step: Step) -> bool:
     return any(OPERATIONS[op.name].network for op in step.operations)
+
+
+# What libguestfs inspection reads (inspect-fs-unix.c): release and version files, fstab, the
+# hostname files, the binaries it takes the architecture from, the package managers in /usr.
+# A step that runs guest programs or copies trees may change any of it: it is inspected again.
+_REINSPECT_OPERATIONS = frozenset({"install", "run_command", "copy_in", "move", "sysprep"})
+_PATH_OPERATIONS = frozenset(
+    {"delete", "mkdir", "upload", "write", "append_line", "link", "touch", "truncate", "chmod"}
+)
+_INSPECTED_NAMES = (
+    *("release", "version", "fstab", "hostname", "HOSTNAME", "sysconfig", "bin", "/lib", "/usr"),
+    *("*", "?", "["),  # a glob may name any of them
+)
+
+
+def inspected_after(step: Step, before: InspectedOS) -> InspectedOS | None:
+    """What inspection would say after ``step`` on a guest ``before`` describes, or None if
+    the step may have changed what inspection reads (then the caller inspects again).
+
+    Only the hostname is derived: a step that names no inspected file (or a folder above one)
+    and runs no guest program leaves the rest as it was.
+    """
+    for op in step.operations:
+        if op.name in _REINSPECT_OPERATIONS:
+            return None
+        if op.name in _PATH_OPERATIONS:
+            parts = [part for value in op.values for part in value.split(":")]
+            if any(p.rstrip("/") in ("", "/etc") or _names_inspected(p) for p in parts):
+                return None
+    hostname = step.get("hostname")
+    return before.with_hostname(str(hostname.arg)) if hostname is not None else before
+
+
+def _names_inspected(part: str) -> bool:
+    return any(name in part for name in _INSPECTED_NAMES)
 
 
 def grow_size(step: Step, current_size: int | None = None) -> int | None:

@@ -110,6 +110,20 @@ def _check_parent(path: Path, backing: str, backing_fmt: str) -> None:
         )
 
 
+def rebase(path: Path, backing: str, backing_fmt: str, *, safe: bool) -> None:
+    """Give a qcow2 layer the parent ``backing`` (named as in ``create_overlay``).
+
+    ``safe`` copies into the layer every cluster it does not hold in which the old and the new
+    parent differ, so the disk it shows stays the same; unsafe only rewrites the header, for a
+    new parent known to show the same disk wherever the layer holds nothing.
+    """
+    if not is_plain_name(backing) or backing_fmt not in SUPPORTED_FORMATS:
+        raise ImagekitError(f"refusing to rebase {path} on {backing!r} ({backing_fmt})")
+    mode = () if safe else ("-u",)
+    args = ("rebase", "-q", *mode, "-f", "qcow2", "-F", backing_fmt, "-b", backing)
+    _run((*args, _filename(path)), what=f"qemu-img rebase of {path} on {backing}")
+
+
 def create(path: Path, fmt: str, size: int) -> None:
     """A fresh, empty disk of ``size`` bytes (an installer's target)."""
     _run(("create", "-q", "-f", fmt, _filename(path), str(size)), what=f"qemu-img create of {path}")

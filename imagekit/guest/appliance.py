@@ -18,7 +18,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +58,32 @@ class InspectedOS:
     package_format: str
     package_management: str
     mountpoints: dict[str, str]
+    uuids: dict[str, str]  # device -> filesystem UUID: how a record is checked against a disk
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: object) -> InspectedOS | None:
+        """A recorded inspection back, or None if it is not one (older records have no UUIDs)."""
+        if not isinstance(record, dict):
+            return None
+        try:
+            inspected = cls(**record)
+        except TypeError:
+            return None
+        tables = (inspected.mountpoints, inspected.uuids)
+        if not all(
+            isinstance(t, dict) and all(isinstance(v, str) for v in t.values()) for t in tables
+        ):
+            return None
+        devices = set(inspected.mountpoints.values())
+        if not devices or set(inspected.uuids) != devices or not all(inspected.uuids.values()):
+            return None
+        return inspected
+
+    def with_hostname(self, hostname: str) -> InspectedOS:
+        return replace(self, hostname=hostname)
 
 
 def accel() -> str:
@@ -237,14 +260,7 @@ def mount_inspected(g: Any) -> InspectedOS:
     """Inspect the disk and mount its OS the way its fstab does, parents before children."""
     root = find_root(g)
     mountpoints: dict[str, str] = g.inspect_get_mountpoints(root)
-    for mountpoint in sorted(mountpoints, key=lambda m: (len(m), m)):
-        try:
-            g.mount(mountpoints[mountpoint], mountpoint)
-        except RuntimeError as e:
-            raise CustomizeError(
-                f"cannot mount {mountpoints[mountpoint]} on {mountpoint} as the guest's fstab "
-                f"asks: {e}"
-            ) from e
+    _mount(g, mountpoints)
     return InspectedOS(
         root=root,
         type=g.inspect_get_type(root),
@@ -257,4 +273,52 @@ def mount_inspected(g: Any) -> InspectedOS:
         package_format=g.inspect_get_package_format(root),
         package_management=g.inspect_get_package_management(root),
         mountpoints=dict(mountpoints),
+        uuids={device: _uuid(g, device) for device in sorted(set(mountpoints.values()))},
     )
+
+
+def recorded_match(g: Any, recorded: object) -> InspectedOS | None:
+    """A recorded inspection if the launched disks still match it, else None (inspect instead).
+
+    ``inspect_os`` is most of a cold step under TCG (it probes every filesystem), so a record
+    stands in for it while every device it mounts still carries the filesystem UUID recorded.
+    """
+    known = InspectedOS.from_json(recorded)
+    if known is None or any(_uuid(g, dev) != uuid for dev, uuid in known.uuids.items()):
+        return None
+    return known
+
+
+def mount_os(
+    g: Any, known: InspectedOS | None, progress: ProgressCallback = ignore_progress
+) -> InspectedOS:
+    """Mount as ``known`` (a matching record) says; inspect and mount if it is None or fails."""
+    if known is not None:
+        try:
+            _mount(g, known.mountpoints)
+        except CustomizeError:
+            g.umount_all()
+        else:
+            progress(ProgressEvent("inspect", "mounted as the recorded inspection says"))
+            return known
+    progress(ProgressEvent("inspect", "inspecting the guest (no recorded inspection matches)"))
+    return mount_inspected(g)
+
+
+def _uuid(g: Any, device: str) -> str:
+    """The filesystem UUID on ``device``, "" if it has none or is not there."""
+    try:
+        return str(g.vfs_uuid(device))
+    except RuntimeError:
+        return ""
+
+
+def _mount(g: Any, mountpoints: dict[str, str]) -> None:
+    for mountpoint in sorted(mountpoints, key=lambda m: (len(m), m)):
+        try:
+            g.mount(mountpoints[mountpoint], mountpoint)
+        except RuntimeError as e:
+            raise CustomizeError(
+                f"cannot mount {mountpoints[mountpoint]} on {mountpoint} as the guest's fstab "
+                f"asks: {e}"
+            ) from e

@@ -8,13 +8,15 @@ from imagekit.errors import CustomizeError
 from imagekit.guest import appliance
 
 
-def grow_filesystems(g: Any) -> list[str]:
+def grow_filesystems(g: Any, root: str | None = None) -> list[str]:
     """Grow the root filesystem into a disk that was enlarged before launch; call before mounting.
+
+    ``root`` is the OS root device if known (a recorded inspection), else it is inspected.
 
     Order: move the GPT backup header to the new end, extend the last partition (it must hold
     the root), then pvresize + lvresize for LVM, then resize2fs / xfs_growfs / btrfs resize.
     """
-    root = appliance.find_root(g)
+    root = root or appliance.find_root(g)
     # not mountable_device(): it can return the appliance's own name (/dev/sdb1) for /dev/sda1
     candidates = [*g.list_devices(), *g.list_partitions(), *g.lvs()]
     device = next((d for d in candidates if root.startswith(f"btrfsvol:{d}/")), root)

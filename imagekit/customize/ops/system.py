@@ -82,7 +82,7 @@ def _apply_install(ctx: Context, packages: tuple[str, ...]) -> None:
             "install needs guest network, but the appliance was launched without it: launch "
             "with network=needs_network(step), on a host that reaches the guest's mirrors"
         )
-    manager = ctx.g.inspect_get_package_management(ctx.g.inspect_get_roots()[0])
+    manager = ctx.guest_os.package_management
     if manager not in INSTALL_COMMANDS:
         raise CustomizeError(
             f"install: imagekit cannot drive the guest's package manager ({manager}); "
