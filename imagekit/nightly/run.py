@@ -5,7 +5,9 @@ base, the files it reads, the code version) is compared with the key recorded wh
 built (in the build cache, ``cache/build/<key>`` -> the manifest made): equal, and its ref
 still names that manifest, it is ``unchanged`` and nothing runs. With ``push``, a key whose
 signed artifact the registry already holds (tag :func:`key_tag`) is ``published``: another
-builder made it tonight. Everything else is built (``Store.build``), recorded, then pushed.
+builder made it tonight. Everything else is built (``Store.build``), recorded, then pushed;
+with ``push`` a builder first claims the key in the registry (nightly.claims): a key another
+builder holds is deferred, and at the end awaited (``published``) or, its claim expired, built.
 
 Builds run on ``jobs`` threads, each taking its share of memory first (nightly.memory); a
 recipe starts once every recipe of the folder it builds on has passed, and is skipped when one
@@ -15,6 +17,8 @@ terminal's process group and stop with it), and leaves only whole refs behind.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +39,7 @@ from imagekit.errors import (
     VerificationError,
 )
 from imagekit.image import Image
+from imagekit.nightly.claims import LEASE, Claims, builder_id
 from imagekit.nightly.graph import Graph, Node, load_folder
 from imagekit.nightly.memory import MemoryBudget, available_memory, memory_need
 from imagekit.nightly.report import (
@@ -79,11 +84,15 @@ class NightlyOptions:
     transport: Transport | None = None
     memory: int | None = None
     network: NetworkOptions = field(default_factory=_no_network)
+    lease: float = LEASE  # seconds another builder's claim on a key holds (nightly.claims)
+    poll: float = 2.0  # seconds between looks at a key another builder holds
 
 
-def key_tag(recipe: Recipe, key: str) -> str:
-    """The registry tag of a recipe's build for input key ``key``: ``NAME-VERSION-<hex32>``."""
-    return f"{recipe.name}-{recipe.version}"[: TAG_MAX - 33] + "-" + hexpart(key)[:32]
+def key_tag(recipe: Recipe, key: str, suffix: str = "") -> str:
+    """The registry tag of a recipe's build for input key ``key``: ``NAME-VERSION-<hex32>``
+    (``suffix`` ``.claim``: the tag of the claim on it)."""
+    name = f"{recipe.name}-{recipe.version}"[: TAG_MAX - 33 - len(suffix)]
+    return name + "-" + hexpart(key)[:32] + suffix
 
 
 def build_all(
@@ -106,6 +115,18 @@ def build_all(
     results = {node.path: RecipeResult(node.label, str(node.path)) for node in graph}
     runner = _Runner(store, options, MemoryBudget(options.memory or available_memory()), listener)
     runner.results = list(results.values())
+    if options.push is not None:
+        from imagekit.oci.reference import RegistryRef
+        from imagekit.oci.registry import Registry
+
+        ref = RegistryRef.parse(options.push)
+        registry = Registry(
+            ref.host,
+            transport=options.transport,
+            insecure=options.insecure,
+            repository=ref.repository,
+        )
+        runner.claims = Claims(registry, ref.repository, builder_id(), lease=options.lease)
     _schedule(graph, results, runner, options.jobs)
     return NightlyReport(
         str(directory), list(results.values()), time.monotonic() - started, options.jobs
@@ -113,13 +134,15 @@ def build_all(
 
 
 def _schedule(graph: Graph, results: dict[Path, RecipeResult], runner: _Runner, jobs: int) -> None:
-    """Start each recipe once its bases passed, at most ``jobs`` at a time."""
-    pending = list(graph)
-    running: dict[Future[None], Path] = {}
+    """Start each recipe once its bases passed, at most ``jobs`` at a time; a recipe another
+    builder claimed waits until nothing else can start."""
+    pending = _rotated(list(graph), runner.claims.builder if runner.claims else "")
+    running: dict[Future[bool], Node] = {}
+    deferred: list[Node] = []
     ended: set[Path] = set()  # finished, passed or not (a running result's status may change)
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="nightly") as pool:
         try:
-            while pending or running:
+            while pending or running or deferred:
                 for node in list(pending):
                     bases = [results[base] for base in node.bases if base in ended]
                     blocked = next((b for b in bases if not b.passed), None)
@@ -131,18 +154,32 @@ def _schedule(graph: Graph, results: dict[Path, RecipeResult], runner: _Runner, 
                     elif len(bases) == len(node.bases) and len(running) < jobs:
                         pending.remove(node)
                         future = pool.submit(runner.run, node, results[node.path])
-                        running[future] = node.path
+                        running[future] = node
+                while deferred and len(running) < jobs and (not running or not pending):
+                    node = deferred.pop(0)  # nothing else can start: await the other builders
+                    running[pool.submit(runner.run, node, results[node.path], True)] = node
                 if not running:
                     continue
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    ended.add(running.pop(future))
-                    future.result()
+                    node = running.pop(future)
+                    if future.result():
+                        deferred.append(node)
+                    else:
+                        ended.add(node.path)
         except KeyboardInterrupt:
             runner.cancelled.set()
             for future in running:
                 future.cancel()
             raise
+
+
+def _rotated(nodes: list[Node], builder: str) -> list[Node]:
+    """``nodes`` started at a place of ``builder``'s own: two builders begin on different ones."""
+    if not builder or not nodes:
+        return nodes
+    start = int.from_bytes(hashlib.sha256(builder.encode()).digest()[:8], "big") % len(nodes)
+    return nodes[start:] + nodes[:start]
 
 
 class _Runner:
@@ -156,6 +193,7 @@ class _Runner:
         self.budget = budget
         self.listener = listener
         self.results: list[RecipeResult] = []
+        self.claims: Claims | None = None
         self.cancelled = threading.Event()
         self._lock = threading.Lock()
 
@@ -175,22 +213,32 @@ class _Runner:
         result.stages = [Stage("build", SKIP, message=f"skipped because {because}")]
         self.changed(result, SKIPPED)
 
-    def run(self, node: Node, result: RecipeResult) -> None:
-        """One recipe, start to end; every failure is recorded in ``result``, none raised."""
-        started = time.monotonic()
-        stage = Stage("resolve")
-        result.stages.append(stage)
+    def run(self, node: Node, result: RecipeResult, waiting: bool = False) -> bool:
+        """One recipe, start to end; every failure is recorded in ``result``, none raised.
+        True: another builder holds its key, run it again ``waiting`` once nothing else can."""
+        started = time.monotonic() - result.seconds
+        stage = result.stages[0] if waiting else Stage("resolve")
+        if not waiting:
+            result.stages.append(stage)
         try:
             if node.recipe is None:
                 raise _LoadFailed(node.error)
-            self.changed(result, "resolving")
             recipe = node.recipe
-            result.ref = recipe.ref
-            result.key = self.store.input_key(
-                recipe, known=self.keys(), transport=self.options.transport, **self.options.network
-            )
-            stage.seconds = time.monotonic() - started
-            _Recipe(self, recipe, result).run()
+            if not waiting:
+                self.changed(result, "resolving")
+                result.ref = recipe.ref
+                result.key = self.store.input_key(
+                    recipe,
+                    known=self.keys(),
+                    transport=self.options.transport,
+                    **self.options.network,
+                )
+                stage.seconds = time.monotonic() - started
+            _Recipe(self, recipe, result).run(waiting)
+        except _Deferred as exc:
+            result.seconds = time.monotonic() - started
+            self.changed(result, str(exc))
+            return True
         except (ImagekitError, _LoadFailed) as exc:
             self._failed(result, exc)
         except Exception as exc:  # one recipe's bug must not stop the night: report it
@@ -200,6 +248,7 @@ class _Runner:
             if not stage.seconds:
                 stage.seconds = result.seconds
         self.changed(result, result.status)
+        return False
 
     def _failed(self, result: RecipeResult, exc: Exception, prefix: str = "") -> None:
         """A load error exits 2 (a bad recipe), an imagekit error with its code, a bug 1."""
@@ -215,6 +264,10 @@ class _Runner:
 
 class _LoadFailed(Exception):
     """The recipe file did not load (its RecipeError's message, kept by the graph)."""
+
+
+class _Deferred(Exception):
+    """Another builder holds this recipe's key: the message is the state shown meanwhile."""
 
 
 _STAGE_OF = {
@@ -243,13 +296,27 @@ class _Recipe:
         push, key = self.options.push, self.result.key
         return None if push is None or key is None else f"{push}:{key_tag(self.recipe, key)}"
 
-    def run(self) -> None:
+    def run(self, waiting: bool = False) -> None:
+        """Unchanged, published, or built (and pushed); with a registry, built only once
+        claimed: ``_Deferred`` when another builder holds the key and we are not ``waiting``."""
         result = self.result
-        unchanged = self._unchanged()
-        if unchanged is None and self.target is not None and self._published():
+        unchanged = None if waiting else self._unchanged()
+        if unchanged is None and self.target is not None and self._elsewhere(waiting):
+            if result.digest is None:
+                raise _Deferred("claimed by another builder")
             result.status = PUBLISHED
             result.stages.append(Stage("push", cached=True, message=f"in {self.target}, signed"))
             return
+        try:
+            self._make(unchanged)
+        except BaseException:
+            if unchanged is None:
+                self._release()
+            raise
+
+    def _make(self, unchanged: Image | None) -> None:
+        """Build (unless ``unchanged``), describe, and push what the registry lacks."""
+        result = self.result
         image = unchanged or self._build()
         result.status = UNCHANGED if unchanged is not None else BUILT  # only once it is so
         self._describe(image)
@@ -286,6 +353,44 @@ class _Recipe:
         )
         self.result.digest = digest
         return digest is not None
+
+    @property
+    def claim_tag(self) -> str:
+        assert self.result.key is not None
+        return key_tag(self.recipe, self.result.key, ".claim")
+
+    def _elsewhere(self, waiting: bool) -> bool:
+        """True: published (``result.digest``) or claimed by another builder (no digest)."""
+        if waiting:
+            return self._awaited()
+        return self._published() or not self._claimed()
+
+    def _claimed(self) -> bool:
+        """True once this builder holds the key's claim; False: another one does."""
+        claims = self.runner.claims
+        assert claims is not None
+        self.runner.changed(self.result, "claiming")
+        return claims.take(self.claim_tag)
+
+    def _awaited(self) -> bool:
+        """Wait (polling, as long as the other builder's claim holds) for the key to be
+        published: True when it is; False once this builder claimed it (expired, released)."""
+        claims = self.runner.claims
+        assert claims is not None
+        self.runner.changed(self.result, "waiting for another builder")
+        while not self.runner.cancelled.is_set():
+            if self._published():
+                return True
+            if claims.take(self.claim_tag):
+                return False
+            time.sleep(self.options.poll)
+        raise _Interrupted("interrupted while waiting for another builder")
+
+    def _release(self) -> None:
+        """After a failed build, let another builder have the key at once (best effort)."""
+        if self.runner.claims is not None and self.target is not None:
+            with contextlib.suppress(ImagekitError):  # else the claim expires with its lease
+                self.runner.claims.release(self.claim_tag)
 
     def _progress(self, event: ProgressEvent) -> None:
         if event.stage in ("launch", "boot"):

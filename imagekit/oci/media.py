@@ -23,6 +23,13 @@ DISK_MEDIA = {"qcow2": MEDIA_DISK_QCOW2, "raw": MEDIA_DISK_RAW}
 BLOB_MEDIA = {**DISK_MEDIA, "iso": MEDIA_ISO}
 DISK_FORMATS = {media: fmt for fmt, media in DISK_MEDIA.items()}
 
+# A nightly builder's claim on an input key (docs/nightly.md): an artifact whose config and one
+# layer are the empty descriptor, the claim itself in annotations.
+MEDIA_CLAIM = "application/vnd.imagekit.claim.v1"
+MEDIA_EMPTY = "application/vnd.oci.empty.v1+json"
+CLAIM_BUILDER_ANNOTATION = "org.imagekit.claim.builder"
+CLAIM_LEASE_ANNOTATION = "org.imagekit.claim.lease"
+
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 # A disk layer's file name for tools that save layers as files (oras pull): the blob's hex, the
 # very name an overlay's qcow2 header gives its parent, so the saved files form a usable chain.

@@ -347,6 +347,20 @@ class Registry:
                     raise RangeMismatch
                 fail(resp, f"{self.host} refused to finish the upload of {digest}")
 
+    def put_small_blob(self, repository: str, data: bytes) -> str:
+        """Make ``repository`` hold the few bytes ``data`` (one POST, one PUT); their digest."""
+        digest = sha256_bytes(data)
+        if self.blob_size(repository, digest) is not None:
+            return digest
+        location = self.start_upload(repository)
+        url = with_query(location, {"digest": digest})
+        headers = {"Content-Type": "application/octet-stream"}
+        scopes = [push_scope(repository)]
+        with self.request("PUT", url, scopes, headers=headers, body=lambda: data) as resp:
+            if resp.status_code != 201:
+                fail(resp, f"{self.host} refused the blob {digest}")
+        return digest
+
     def open_blob(self, repository: str, digest: str, offset: int = 0) -> requests.Response:
         """A streamed GET of a blob from ``offset``; the caller checks the status and closes."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}

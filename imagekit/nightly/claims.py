@@ -1,0 +1,127 @@
+"""Claims: builders started at the same moment on one registry build each input key once.
+
+Before building a key, a builder pushes a small artifact (its id, the time, a lease) to the
+key's claim tag, waits a moment and reads the tag again: the claim found there decides who
+builds. Registries have no compare-and-swap, so two claims pushed within the same instant both
+land and the last one wins for everyone who re-reads after it; at worst a key is built twice
+(the same image: builds are deterministic by key, publishing is idempotent), never zero times,
+since an expired claim (a builder that died, or failed and released it) is taken over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from imagekit.errors import FetchError, VerificationError
+from imagekit.oci.media import (
+    CLAIM_BUILDER_ANNOTATION,
+    CLAIM_LEASE_ANNOTATION,
+    CREATED_ANNOTATION,
+    MEDIA_CLAIM,
+    MEDIA_EMPTY,
+    MEDIA_MANIFEST,
+)
+from imagekit.oci.registry import Registry
+
+EMPTY = b"{}"  # the OCI empty descriptor's content
+LEASE = 7200.0  # seconds a claim holds: longer than a night's longest build
+SETTLE = 0.5  # seconds between pushing a claim and reading back who holds the tag
+
+
+def builder_id() -> str:
+    """This builder's id: host, process and a random part (two runs never share one)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who claimed a key tag, when (seconds since the epoch) and for how long."""
+
+    builder: str
+    created: float
+    lease: float
+
+    def live(self, now: float) -> bool:
+        return now < self.created + self.lease
+
+
+class Claims:
+    """One builder's claims in ``repository`` of ``registry``."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        repository: str,
+        builder: str,
+        *,
+        lease: float = LEASE,
+        settle: float = SETTLE,
+    ) -> None:
+        self.registry, self.repository, self.builder = registry, repository, builder
+        self.lease, self.settle = lease, settle
+
+    def read(self, tag: str) -> Claim | None:
+        """The claim at ``tag``; None if there is none or what is there is no claim."""
+        if self.registry.manifest_digest(self.repository, tag) is None:
+            return None
+        try:
+            manifest = self.registry.get_manifest(self.repository, tag).json()
+            notes = manifest.get("annotations") or {}
+            created = datetime.fromisoformat(notes[CREATED_ANNOTATION]).timestamp()
+            return Claim(
+                notes[CLAIM_BUILDER_ANNOTATION], created, float(notes[CLAIM_LEASE_ANNOTATION])
+            )
+        except (FetchError, VerificationError, KeyError, TypeError, ValueError, AttributeError):
+            return None  # deleted meanwhile, or not a claim: nobody holds the tag
+
+    def held_elsewhere(self, tag: str) -> Claim | None:
+        """Another builder's claim at ``tag`` that has not expired, if there is one."""
+        claim = self.read(tag)
+        if claim is None or claim.builder == self.builder or not claim.live(time.time()):
+            return None
+        return claim
+
+    def take(self, tag: str) -> bool:
+        """Claim ``tag`` unless another builder holds it; True when, read back, it is ours."""
+        if self.held_elsewhere(tag) is not None:
+            return False
+        started = time.monotonic()
+        self.push(tag, self.builder, self.lease)
+        # Wait at least as long as our read and push took: a claim another builder read as
+        # free meanwhile lands within that time, and then the last one is what both read.
+        time.sleep(max(self.settle, time.monotonic() - started))
+        claim = self.read(tag)
+        return claim is not None and claim.builder == self.builder
+
+    def release(self, tag: str) -> None:
+        """Give ``tag`` up (the build failed): a claim of ours that has already expired."""
+        self.push(tag, self.builder, 0.0)
+
+    def push(self, tag: str, builder: str, lease: float, created: float | None = None) -> str:
+        """Put a claim at ``tag`` (any ``builder``'s: a test plays a dead one); its digest."""
+        empty = {
+            "mediaType": MEDIA_EMPTY,
+            "digest": self.registry.put_small_blob(self.repository, EMPTY),
+            "size": len(EMPTY),
+        }
+        when = datetime.fromtimestamp(time.time() if created is None else created, UTC)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_MANIFEST,
+            "artifactType": MEDIA_CLAIM,
+            "config": empty,
+            "layers": [empty],
+            "annotations": {
+                CLAIM_BUILDER_ANNOTATION: builder,
+                CLAIM_LEASE_ANNOTATION: str(lease),
+                CREATED_ANNOTATION: when.isoformat(),
+            },
+        }
+        body = json.dumps(manifest, sort_keys=True).encode()
+        return self.registry.put_manifest(self.repository, tag, body, MEDIA_MANIFEST)
