@@ -1,8 +1,10 @@
 """Nightly builds: ``imagekit build --all DIR``, a folder of recipes built as a graph.
 
 ``graph`` (which recipe builds on which), ``run`` (change keys, the parallel scheduler, push),
+``claims`` (a key claimed in the registry, so builders at the same moment build it once),
 ``memory`` (how many builds fit), ``report`` (JSON) and ``junit`` (JUnit XML). It uses the
-public :class:`imagekit.Store` API and the recipe loader only; docs/nightly.md tells the story.
+public :class:`imagekit.Store` API, the recipe loader and, for claims, the registry client;
+docs/nightly.md tells the story.
 """
 
 from imagekit.nightly.graph import Graph, Node, load_folder
