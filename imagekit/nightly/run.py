@@ -366,11 +366,15 @@ class _Recipe:
         return self._published() or not self._claimed()
 
     def _claimed(self) -> bool:
-        """True once this builder holds the key's claim; False: another one does."""
+        """True once this builder holds the key's claim (or the registry refused claims: a
+        claim saves work, it never stops a build); False: another builder holds it."""
         claims = self.runner.claims
         assert claims is not None
         self.runner.changed(self.result, "claiming")
-        return claims.take(self.claim_tag)
+        try:
+            return claims.take(self.claim_tag)
+        except ImagekitError:
+            return True
 
     def _awaited(self) -> bool:
         """Wait (polling, as long as the other builder's claim holds) for the key to be
