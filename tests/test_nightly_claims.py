@@ -88,11 +88,12 @@ def test_an_expired_claim_of_a_dead_builder_is_taken_over(folder: Folder, tmp_pa
     tag = key_tag(recipe, store.input_key(recipe), ".claim")
     assert TAG.fullmatch(tag) and tag.endswith(".claim")
     registry = Registry(folder.registry.host, repository="dead")
-    Claims(registry, "dead", "ghost").push(tag, "dead-builder-1-0000", lease=1.0)
     seen: list[tuple[str, str]] = []
 
     def listener(result: RecipeResult) -> None:
         seen.append((result.recipe, result.state))
+        if (result.recipe, result.state) == ("three:1", "claiming"):  # just before it looks
+            Claims(registry, "dead", "ghost").push(tag, "dead-builder-1-0000", lease=3.0)
 
     options = NightlyOptions(jobs=2, push=f"oci://{folder.registry.host}/dead", poll=0.2)
     started = time.monotonic()

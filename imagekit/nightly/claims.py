@@ -31,7 +31,7 @@ from imagekit.oci.registry import Registry
 
 EMPTY = b"{}"  # the OCI empty descriptor's content
 LEASE = 7200.0  # seconds a claim holds: longer than a night's longest build
-SETTLE = 0.5  # seconds between pushing a claim and reading back who holds the tag
+SETTLE = 1.0  # seconds between pushing a claim and reading back who holds the tag
 
 
 def builder_id() -> str:
@@ -65,6 +65,7 @@ class Claims:
     ) -> None:
         self.registry, self.repository, self.builder = registry, repository, builder
         self.lease, self.settle = lease, settle
+        self._empty: str | None = None  # the empty blob's digest, once the registry holds it
 
     def read(self, tag: str) -> Claim | None:
         """The claim at ``tag``; None if there is none or what is there is no claim."""
@@ -89,9 +90,10 @@ class Claims:
 
     def take(self, tag: str) -> bool:
         """Claim ``tag`` unless another builder holds it; True when, read back, it is ours."""
+        self.empty()  # before the read: between read and push, as little time as can be
+        started = time.monotonic()
         if self.held_elsewhere(tag) is not None:
             return False
-        started = time.monotonic()
         self.push(tag, self.builder, self.lease)
         # Wait at least as long as our read and push took: a claim another builder read as
         # free meanwhile lands within that time, and then the last one is what both read.
@@ -103,13 +105,15 @@ class Claims:
         """Give ``tag`` up (the build failed): a claim of ours that has already expired."""
         self.push(tag, self.builder, 0.0)
 
+    def empty(self) -> str:
+        """The digest of the empty blob claims refer to, uploaded once."""
+        if self._empty is None:
+            self._empty = self.registry.put_small_blob(self.repository, EMPTY)
+        return self._empty
+
     def push(self, tag: str, builder: str, lease: float, created: float | None = None) -> str:
         """Put a claim at ``tag`` (any ``builder``'s: a test plays a dead one); its digest."""
-        empty = {
-            "mediaType": MEDIA_EMPTY,
-            "digest": self.registry.put_small_blob(self.repository, EMPTY),
-            "size": len(EMPTY),
-        }
+        empty = {"mediaType": MEDIA_EMPTY, "digest": self.empty(), "size": len(EMPTY)}
         when = datetime.fromtimestamp(time.time() if created is None else created, UTC)
         manifest = {
             "schemaVersion": 2,
