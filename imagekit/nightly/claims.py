@@ -10,15 +10,20 @@ since an expired claim (a builder that died, or failed and released it) is taken
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import secrets
 import socket
+import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
-from imagekit.errors import FetchError, VerificationError
+from imagekit.errors import FetchError, ImagekitError, VerificationError
 from imagekit.oci.media import (
     CLAIM_BUILDER_ANNOTATION,
     CLAIM_LEASE_ANNOTATION,
@@ -29,6 +34,7 @@ from imagekit.oci.media import (
 )
 from imagekit.oci.registry import Registry
 
+_T = TypeVar("_T")
 EMPTY = b"{}"  # the OCI empty descriptor's content
 LEASE = 7200.0  # seconds a claim holds: longer than a night's longest build
 SETTLE = 1.0  # seconds between pushing a claim and reading back who holds the tag
@@ -37,6 +43,14 @@ SETTLE = 1.0  # seconds between pushing a claim and reading back who holds the t
 def builder_id() -> str:
     """This builder's id: host, process and a random part (two runs never share one)."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def rotated(items: Sequence[_T], builder: str) -> list[_T]:
+    """``items`` begun at a place of ``builder``'s own: two builders start on different ones."""
+    if not items:
+        return []
+    start = int.from_bytes(hashlib.sha256(builder.encode()).digest()[:8], "big") % len(items)
+    return [*items[start:], *items[:start]]
 
 
 @dataclass(frozen=True)
@@ -101,9 +115,33 @@ class Claims:
         claim = self.read(tag)
         return claim is not None and claim.builder == self.builder
 
+    def may_build(self, tag: str) -> bool:
+        """:meth:`take`, but a registry that refuses claims lets us build: a claim saves work,
+        it never stops a build."""
+        try:
+            return self.take(tag)
+        except ImagekitError:
+            return True
+
+    def wait(
+        self, tag: str, published: Callable[[], bool], cancelled: threading.Event, poll: float
+    ) -> bool | None:
+        """Poll, as long as another builder's claim on ``tag`` holds, until ``published()``:
+        True then; False once this builder took the claim (expired, released); None when
+        ``cancelled``."""
+        while not cancelled.is_set():
+            if published():
+                return True
+            if self.take(tag):
+                return False
+            time.sleep(poll)
+        return None
+
     def release(self, tag: str) -> None:
-        """Give ``tag`` up (the build failed): a claim of ours that has already expired."""
-        self.push(tag, self.builder, 0.0)
+        """Give ``tag`` up (the build failed): a claim of ours that has already expired. Best
+        effort: if the registry refuses it, the claim expires with its lease."""
+        with contextlib.suppress(ImagekitError):
+            self.push(tag, self.builder, 0.0)
 
     def empty(self) -> str:
         """The digest of the empty blob claims refer to, uploaded once."""

@@ -17,8 +17,6 @@ terminal's process group and stop with it), and leaves only whole refs behind.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +37,7 @@ from imagekit.errors import (
     VerificationError,
 )
 from imagekit.image import Image
-from imagekit.nightly.claims import LEASE, Claims, builder_id
+from imagekit.nightly.claims import LEASE, Claims, builder_id, rotated
 from imagekit.nightly.graph import Graph, Node, load_folder
 from imagekit.nightly.memory import MemoryBudget, available_memory, memory_need
 from imagekit.nightly.report import (
@@ -136,7 +134,7 @@ def build_all(
 def _schedule(graph: Graph, results: dict[Path, RecipeResult], runner: _Runner, jobs: int) -> None:
     """Start each recipe once its bases passed, at most ``jobs`` at a time; a recipe another
     builder claimed waits until nothing else can start."""
-    pending = _rotated(list(graph), runner.claims.builder if runner.claims else "")
+    pending = list(graph) if runner.claims is None else rotated(list(graph), runner.claims.builder)
     running: dict[Future[bool], Node] = {}
     deferred: list[Node] = []
     ended: set[Path] = set()  # finished, passed or not (a running result's status may change)
@@ -172,14 +170,6 @@ def _schedule(graph: Graph, results: dict[Path, RecipeResult], runner: _Runner, 
             for future in running:
                 future.cancel()
             raise
-
-
-def _rotated(nodes: list[Node], builder: str) -> list[Node]:
-    """``nodes`` started at a place of ``builder``'s own: two builders begin on different ones."""
-    if not builder or not nodes:
-        return nodes
-    start = int.from_bytes(hashlib.sha256(builder.encode()).digest()[:8], "big") % len(nodes)
-    return nodes[start:] + nodes[:start]
 
 
 class _Runner:
@@ -366,35 +356,25 @@ class _Recipe:
         return self._published() or not self._claimed()
 
     def _claimed(self) -> bool:
-        """True once this builder holds the key's claim (or the registry refused claims: a
-        claim saves work, it never stops a build); False: another builder holds it."""
-        claims = self.runner.claims
-        assert claims is not None
+        """True once this builder holds the key's claim; False: another builder holds it."""
+        assert self.runner.claims is not None
         self.runner.changed(self.result, "claiming")
-        try:
-            return claims.take(self.claim_tag)
-        except ImagekitError:
-            return True
+        return self.runner.claims.may_build(self.claim_tag)
 
     def _awaited(self) -> bool:
-        """Wait (polling, as long as the other builder's claim holds) for the key to be
-        published: True when it is; False once this builder claimed it (expired, released)."""
-        claims = self.runner.claims
+        """True once the key is published; False once this builder claimed it."""
+        claims, runner = self.runner.claims, self.runner
         assert claims is not None
-        self.runner.changed(self.result, "waiting for another builder")
-        while not self.runner.cancelled.is_set():
-            if self._published():
-                return True
-            if claims.take(self.claim_tag):
-                return False
-            time.sleep(self.options.poll)
-        raise _Interrupted("interrupted while waiting for another builder")
+        runner.changed(self.result, "waiting for another builder")
+        done = claims.wait(self.claim_tag, self._published, runner.cancelled, self.options.poll)
+        if done is None:
+            raise _Interrupted("interrupted while waiting for another builder")
+        return done
 
     def _release(self) -> None:
-        """After a failed build, let another builder have the key at once (best effort)."""
+        """After a failed build, let another builder have the key at once."""
         if self.runner.claims is not None and self.target is not None:
-            with contextlib.suppress(ImagekitError):  # else the claim expires with its lease
-                self.runner.claims.release(self.claim_tag)
+            self.runner.claims.release(self.claim_tag)
 
     def _progress(self, event: ProgressEvent) -> None:
         if event.stage in ("launch", "boot"):
