@@ -5,9 +5,10 @@ building the command line). Each case runs alternately with this tree's imagekit
 baseline's (``--baseline DIR``, default /work/main, put first on PYTHONPATH), so both share the
 machine's noise; the verdict is the median of the paired ratios.
 
-Cases: ``--help``; ``images`` and ``inspect`` of a store holding one small image; a cached
-registry pull (the image is there: start-up plus the manifest and signature requests) from
-the test suite's registry on 127.0.0.1, the image signed so the signatures are read.
+Cases: ``--help``; ``images`` and ``inspect`` of a store holding one small image; pull.py's
+warm pull (a recipe whose image is stored: a cache hit, no network); a cached registry pull
+(the image is there: start-up plus the manifest and signature requests) from the test suite's
+registry on 127.0.0.1, the image signed so the signatures are read.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common import REPO, Figure, log, paired_ratio, run, stats, summary_table
+from pull import mirror, publish, write_recipe
 
 sys.path.insert(0, str(REPO))
 from tests.registry import running_registry
@@ -54,14 +56,17 @@ def benchmark(runs: int, baseline: Path, work: Path) -> list[Figure]:
     trees = {"this tree": REPO, "baseline": baseline}
     home = work / "home"
     home.mkdir()
-    with running_registry(work / "registry") as registry:
+    published = publish(work, 1)
+    with running_registry(work / "registry") as registry, mirror(published.image.parent) as url:
         store = prepare(work, registry.host)
+        write_recipe(published, url, published.recipe)
         pulled = work / "pulled"
         python = [sys.executable, "-P", "-m", "imagekit"]  # -P: PYTHONPATH picks the tree
         cases = {
             "--help": ["--help"],
             "images": ["images", "--store", str(store)],
             "inspect": ["inspect", "--store", str(store), "bench:1"],
+            "warm pull (cache hit)": ["pull", "--store", str(work / "warm"), str(published.recipe)],
             "cached registry pull": [
                 "pull",
                 "--store",
@@ -70,7 +75,7 @@ def benchmark(runs: int, baseline: Path, work: Path) -> list[Figure]:
             ],
         }
         samples: dict[tuple[str, str], list[float]] = {}
-        for tree in trees.values():  # warm-up: compile each tree, fill the pulled store
+        for tree in trees.values():  # warm-up: compile each tree, fill the pulled stores
             for args in cases.values():
                 run([*python, *args], environment(tree, home), 120)
         for i in range(runs):
@@ -84,6 +89,9 @@ def benchmark(runs: int, baseline: Path, work: Path) -> list[Figure]:
     for case in cases:
         mine, base = samples[(case, "this tree")], samples[(case, "baseline")]
         ratio = paired_ratio(mine, base)
+        control = case == "--help"  # builds every command in both trees: shows the noise
+        target = "control" if control else f"<= {TARGET:.2f}x"
+        ok = None if control else ratio <= TARGET
         figures.append(
             Figure(
                 case,
@@ -91,8 +99,8 @@ def benchmark(runs: int, baseline: Path, work: Path) -> list[Figure]:
                 "baseline tree",
                 stats(base)["median_s"],
                 ratio,
-                f"<= {TARGET:.2f}x",
-                ratio <= TARGET,
+                target,
+                ok,
             )
         )
     return figures
@@ -106,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="imagekit-startup-") as work:
         figures = benchmark(args.runs, args.baseline.resolve(), Path(work))
     print(summary_table(figures))
-    return 0 if all(f.ok for f in figures) else 1
+    return 0 if all(f.ok is not False for f in figures) else 1
 
 
 if __name__ == "__main__":
