@@ -443,6 +443,39 @@ def test_cli_push_and_pull_json(registry: RunningRegistry, tmp_path: Path) -> No
     assert refused.returncode == 2 and "offline" in refused.stderr
 
 
+_PULL_THEN_LIST_CRYPTOGRAPHY = """
+import sys
+from imagekit.cli import main
+try:
+    main()
+finally:
+    print("cryptography" in sys.modules, file=sys.stderr)
+"""
+
+
+def test_a_pull_without_trust_does_not_load_cryptography(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    """Only making or checking a signature needs cryptography (~0.1 s of start-up); a pull no
+    trust rule covers keeps the image's signatures without checking them, so it must not."""
+    chain = make_chain(Store(tmp_path / "a"), tmp_path / "work")
+    files = chain.store.generate_key(tmp_path / "k", passphrase="")
+    chain.store.sign("web:1", files.private, passphrase="")
+    chain.store.push("web:1", registry.ref("lazy/web"))
+    for _ in ("fetched", "cached"):
+        argv = ["pull", registry.ref("lazy/web"), "--store", str(tmp_path / "b"), "--json"]
+        done = subprocess.run(
+            [sys.executable, "-c", _PULL_THEN_LIST_CRYPTOGRAPHY, *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.splitlines()[-1] == "False", done.stderr
+    kept = Store(tmp_path / "b").signatures("web:1")
+    assert [s.digest for s in kept] == [chain.top.digest]  # kept, unchecked: no trusted keys
+
+
 # --- credentials -----------------------------------------------------------------------------
 
 

@@ -19,12 +19,7 @@ import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from typing import TYPE_CHECKING, Any
 
 from imagekit.core.digest import sha256_bytes
 from imagekit.errors import SignatureError, StoreError
@@ -36,7 +31,11 @@ from imagekit.oci.media import (
     MEDIA_SIMPLE_SIGNING,
     SIGNER_ANNOTATION,
 )
-from imagekit.verify.keys import PrivateKey, PublicKey, fingerprint
+
+# cryptography (through verify.keys) is imported by the functions that sign or check: a pull
+# reads and keeps signatures without believing them, and must not pay its import.
+if TYPE_CHECKING:
+    from imagekit.verify.keys import PrivateKey, PublicKey
 
 SIGNATURE_TYPE = "cosign container image signature"
 PAYLOAD_MAX = 1 << 20  # cosign's payloads are a few hundred bytes; a bigger "payload" is hostile
@@ -103,6 +102,9 @@ def make_payload(
 
 def sign_payload(key: PrivateKey, payload: bytes) -> str:
     """The base64 DER ECDSA signature over SHA-256 of ``payload`` (cosign's annotation value)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     return base64.b64encode(key.sign(payload, ec.ECDSA(hashes.SHA256()))).decode()
 
 
@@ -111,6 +113,13 @@ def verify_payload(payload: bytes, signature: str, public_keys: Sequence[PublicK
 
     SignatureError when ``signature`` is not base64 of a DER ECDSA signature: it was damaged.
     """
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    from imagekit.verify.keys import fingerprint
+
     try:
         der = base64.b64decode(signature.encode("ascii"), validate=True)
         decode_dss_signature(der)

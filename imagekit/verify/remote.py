@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from imagekit.core.digest import sha256_bytes
 from imagekit.errors import FetchError, SignatureError, VerificationError
@@ -39,8 +40,10 @@ from imagekit.verify.cosign import (
     signature_manifest,
     verify_payload,
 )
-from imagekit.verify.keys import PrivateKey, PublicKey, fingerprint
 from imagekit.verify.trust import TrustPolicy
+
+if TYPE_CHECKING:  # verify.keys imports cryptography: only signing loads it (cosign.py)
+    from imagekit.verify.keys import PrivateKey, PublicKey
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,8 @@ def sign(
     """Sign manifest ``digest`` of ``ref``'s repository for docker-reference ``as_`` and put the
     signature there, replacing this key's earlier one; the payload is staged in ``layout``,
     whose gc sweeps it."""
+    from imagekit.verify.keys import fingerprint
+
     payload = make_payload(as_, digest)
     public = key.public_key()
     staged = layout.add_bytes(payload, MEDIA_SIMPLE_SIGNING)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagekit.core.refs import parse_ref
 from imagekit.errors import RecipeError, SignatureError, StoreError
@@ -34,8 +34,10 @@ from imagekit.verify.cosign import (
     signature_manifest,
     verify_payload,
 )
-from imagekit.verify.keys import PrivateKey, PublicKey, fingerprint
 from imagekit.verify.trust import TrustPolicy
+
+if TYPE_CHECKING:  # verify.keys imports cryptography: only signing loads it (cosign.py)
+    from imagekit.verify.keys import PrivateKey, PublicKey
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ def _sign(
     name, tag = str(parse_ref(image_ref)).split(":", 1)
     if signed_digest(tag) is not None:
         raise RecipeError(f"{image_ref} is a signature, not an image: sign the image itself")
+    from imagekit.verify.keys import fingerprint
+
     payload = make_payload(reference or name, descriptor.digest)
     public = key.public_key()
     layer = SignatureLayer(
