@@ -213,7 +213,7 @@ def benchmark(work: Path, sizes: Sequence[int], runs: int, timeout: float) -> di
     disk.write_bytes(random.Random(1).randbytes(DISK_BYTES))
     results: dict[str, Any] = {"machine": machine(), "runs": runs, "sizes": {}}
     with mirror(upstream / "pub") as base:
-        write_recipe(published, base)
+        write_recipe(published, base, published.recipe)
         stores = {}
         for size in sizes:
             store = build_store(work / f"store-{size}", size)
