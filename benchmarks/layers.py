@@ -143,8 +143,8 @@ def chain_reads(work: Path, size_mb: int, runs: int) -> dict[str, Any]:
         today = make_chain(work / f"{shape}-today", base, False, size, shape)
         flat = work / f"{shape}-flat.qcow2"
         convert = ["qemu-img", "convert", "-f", "qcow2", "-O", "qcow2"]
-        subprocess.run([*convert, thin[-1], flat], check=True)
-        compare = ["qemu-img", "compare", "-q", thin[-1], today[-1]]
+        subprocess.run([*convert, str(thin[-1]), str(flat)], check=True)
+        compare = ["qemu-img", "compare", "-q", str(thin[-1]), str(today[-1])]
         same = same and subprocess.run(compare).returncode == 0
         disks |= {f"{shape} flat": flat, f"{shape} thin": thin[-1], f"{shape} 64K": today[-1]}
         layers[shape] = [

@@ -64,7 +64,8 @@ def metadata_like(rng: random.Random, size: int) -> bytes:
 def write_with_qemu_io(disk: Path, writes: Sequence[Write], *, zero: Sequence[int] = ()) -> None:
     """Write ``writes`` (and 64 KiB of zeros at each of ``zero``) into the qcow2 ``disk``."""
     with tempfile.TemporaryDirectory(prefix="layerbytes-") as temp:
-        commands, sources = [], {}  # a file per distinct data: 1 GiB of one fill is one file
+        commands: list[str] = []
+        sources: dict[bytes, Path] = {}  # a file per distinct data: 1 GiB of one fill is one file
         for write in writes:
             if (source := sources.get(write.data)) is None:
                 source = sources[write.data] = Path(temp) / f"{len(sources)}.bin"
