@@ -12,7 +12,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,22 @@ def test_claim_tags_stay_valid_for_long_names(tmp_path: Path) -> None:
         tag = key_tag(recipe, key, suffix)
         assert TAG.fullmatch(tag), tag
         assert tag.endswith("-" + "ab" * 16 + suffix)
+
+
+def test_claims_pushed_while_other_builders_upload_the_same_blob_are_accepted(
+    folder: Folder,
+) -> None:
+    """Every builder uploads the same empty blob its claims name. A registry committing that
+    blob for one builder briefly refused another's claim naming it (MANIFEST_BLOB_UNKNOWN), and
+    that builder, its claim refused, built a recipe the other was building (CI, stop 9)."""
+
+    def claim(repository: str, builder: str) -> None:
+        registry = Registry(folder.registry.host, repository=repository)
+        Claims(registry, repository, builder).push("key.claim", builder, lease=60.0)
+
+    for round_ in range(30):
+        repository = f"instant{round_}"  # a new repository: every builder uploads the blob
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(partial(claim, repository), [f"builder-{n}" for n in range(4)]))
+        claim_now = Claims(Registry(folder.registry.host), repository, "reader").read("key.claim")
+        assert claim_now is not None and claim_now.builder.startswith("builder-")

@@ -80,6 +80,7 @@ class Claims:
         self.registry, self.repository, self.builder = registry, repository, builder
         self.lease, self.settle = lease, settle
         self._empty: str | None = None  # the empty blob's digest, once the registry holds it
+        self._uploading = threading.Lock()  # -j builds of one builder upload it once
 
     def read(self, tag: str) -> Claim | None:
         """The claim at ``tag``; None if there is none or what is there is no claim."""
@@ -145,9 +146,10 @@ class Claims:
 
     def empty(self) -> str:
         """The digest of the empty blob claims refer to, uploaded once."""
-        if self._empty is None:
-            self._empty = self.registry.put_small_blob(self.repository, EMPTY)
-        return self._empty
+        with self._uploading:
+            if self._empty is None:
+                self._empty = self.registry.put_small_blob(self.repository, EMPTY)
+            return self._empty
 
     def push(self, tag: str, builder: str, lease: float, created: float | None = None) -> str:
         """Put a claim at ``tag`` (any ``builder``'s: a test plays a dead one); its digest."""

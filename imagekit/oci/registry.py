@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 MANIFEST_MAX = 4 << 20  # the distribution spec's limit for a manifest body
 PIECE = 1 << 20  # bytes per read or write when a body streams
+BLOB_SETTLE = (0.1, 0.3, 1.0)  # seconds between asks while a manifest's blob is mid-commit
 _RANGE = re.compile(r"(?:bytes=)?0-(\d+)")
 _T = TypeVar("_T")
 
@@ -202,6 +204,15 @@ class Registry:
                     fail(resp, f"{self.host} refused manifest {repository}:{reference}")
             return sha256_bytes(body)
 
+        for pause in BLOB_SETTLE:
+            try:
+                return self.retrying(url, once)
+            except FetchError as exc:
+                if "MANIFEST_BLOB_UNKNOWN" not in str(exc):
+                    raise
+            # Another client committing the same blob at this instant (two builders' equal
+            # claim blobs, say) leaves it briefly unknown to the registry: ask again shortly.
+            time.sleep(pause)
         return self.retrying(url, once)
 
     def tags(self, repository: str, *, page: int = 100) -> list[str]:
