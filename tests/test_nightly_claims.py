@@ -137,3 +137,24 @@ def test_claims_pushed_while_other_builders_upload_the_same_blob_are_accepted(
             list(pool.map(partial(claim, repository), [f"builder-{n}" for n in range(4)]))
         claim_now = Claims(Registry(folder.registry.host), repository, "reader").read("key.claim")
         assert claim_now is not None and claim_now.builder.startswith("builder-")
+
+
+def test_a_claim_is_renewed_while_its_build_runs_and_only_then(folder: Folder) -> None:
+    registry = Registry(folder.registry.host, repository="renew")
+    holder = Claims(registry, "renew", "holder", lease=3.0, settle=0.1)
+    other = Claims(registry, "renew", "other", lease=3.0, settle=0.1)
+    assert holder.take("long.claim")
+    with holder.renewed("long.claim"):
+        deadline = time.monotonic() + 7.0  # more than two leases
+        while time.monotonic() < deadline:
+            assert other.held_elsewhere("long.claim") is not None
+            time.sleep(0.5)
+        other.push("long.claim", "other", lease=3.0)  # a builder that raced us: it builds
+        time.sleep(1.6)  # two renewals' time
+        claim = holder.read("long.claim")
+        assert claim is not None and claim.builder == "other"
+    assert holder.take("short.claim")
+    with holder.renewed("short.claim"):
+        pass
+    time.sleep(3.5)
+    assert other.held_elsewhere("short.claim") is None  # not renewed after the build: expired

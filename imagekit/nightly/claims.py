@@ -5,7 +5,8 @@ key's claim tag, waits a moment and reads the tag again: the claim found there d
 builds. Registries have no compare-and-swap, so two claims pushed within the same instant both
 land and the last one wins for everyone who re-reads after it; at worst a key is built twice
 (the same image: builds are deterministic by key, publishing is idempotent), never zero times,
-since an expired claim (a builder that died, or failed and released it) is taken over.
+since an expired claim (a builder that died, or failed and released it) is taken over. A
+builder renews its claim while it builds, so the lease bounds only how long a dead one's holds.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -36,7 +37,7 @@ from imagekit.oci.registry import Registry
 
 _T = TypeVar("_T")
 EMPTY = b"{}"  # the OCI empty descriptor's content
-LEASE = 7200.0  # seconds a claim holds: longer than a night's longest build
+LEASE = 1800.0  # seconds a claim holds unless renewed (every quarter lease while building)
 SETTLE = 1.0  # seconds between pushing a claim and reading back who holds the tag
 
 
@@ -137,6 +138,28 @@ class Claims:
                 return False
             time.sleep(poll)
         return None
+
+    @contextlib.contextmanager
+    def renewed(self, tag: str) -> Iterator[None]:
+        """Keep holding ``tag`` while the body runs (a build longer than the lease): the claim
+        is pushed again with a fresh time every quarter lease, until another builder's claim is
+        found there (it builds: ours would hide its claim). Best effort, like every claim."""
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(self.lease / 4):
+                with contextlib.suppress(ImagekitError):
+                    if self.held_elsewhere(tag) is not None:
+                        return
+                    self.push(tag, self.builder, self.lease)
+
+        thread = threading.Thread(target=renew, name=f"renew {tag}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()  # a renewal in flight lands before a release that follows
 
     def release(self, tag: str) -> None:
         """Give ``tag`` up (the build failed): a claim of ours that has already expired. Best
