@@ -21,10 +21,10 @@ from imagekit.errors import CustomizeError, RecipeError, VerificationError
 from imagekit.guest import vm as installer
 from imagekit.oci.media import MEDIA_EVIDENCE_CONSOLE_LOG, MEDIA_EVIDENCE_KICKSTART
 from imagekit.recipe import HttpSource, KickstartSource, load_recipe, load_recipe_string
-from imagekit.sources.http import FetchOptions, Session
 from imagekit.sources.kickstart import install as kickstart
 from imagekit.sources.kickstart.iso import read_boot_files
 from imagekit.sources.kickstart.validate import render, syntax_version, validate
+from imagekit.sources.session import FetchOptions, Session
 from imagekit.store import Store
 from imagekit.verify.openpgp import key_fingerprints
 from tests.conftest import REPO

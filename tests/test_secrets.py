@@ -25,9 +25,9 @@ from imagekit.customize.redact import WITHHELD
 from imagekit.errors import CustomizeError
 from imagekit.oci.media import DISK_FORMATS
 from imagekit.recipe import KickstartSource, Recipe, load_recipe, load_recipe_string
-from imagekit.sources.http import FetchOptions, Session
 from imagekit.sources.kickstart import install as kickstart
 from imagekit.sources.kickstart.redact import REDACTED, redact
+from imagekit.sources.session import FetchOptions, Session
 from imagekit.store import Store
 from tests.guestimage import build_guest_tree
 from tests.installer_iso import build_installer_iso

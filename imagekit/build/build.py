@@ -35,6 +35,7 @@ from imagekit.recipe import (
 )
 from imagekit.sources import http, scratch
 from imagekit.sources.kickstart import install as kickstart
+from imagekit.sources.session import Session
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class BuildResult:
 class Builder:
     """One build's shared state: the pull session (store, options, progress) and the cache."""
 
-    session: http.Session
+    session: Session
     use_cache: bool = True
     remote: RemoteCache | None = None  # a registry's shared build cache (--cache-from/-to)
 
@@ -183,7 +184,7 @@ def _http_base(builder: Builder, recipe: Recipe, source: HttpSource) -> tuple[Im
     return image, False
 
 
-def http_base_identity(session: http.Session, recipe: Recipe, source: HttpSource) -> Any:
+def http_base_identity(session: Session, recipe: Recipe, source: HttpSource) -> Any:
     """What a downloaded base is keyed by: the source alone (not the steps), its verified
     upstream identity and its key files. Nightly builds compare it too (build/inputs.py)."""
     source_only = replace(

@@ -12,7 +12,7 @@ from imagekit.recipe import Recipe
 
 if TYPE_CHECKING:
     from imagekit.net.transport import Transport
-    from imagekit.sources.http import NetworkOptions
+    from imagekit.sources.session import NetworkOptions
 
 TAG_MAX = 128
 

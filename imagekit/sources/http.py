@@ -9,38 +9,28 @@ before any qemu tool opens them; only then do they enter ``blobs/``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any, NamedTuple, TypedDict
-from urllib.parse import unquote, urlsplit
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from imagekit import catalog, provenance
-from imagekit.config import DEFAULT_CONNECTIONS
-from imagekit.core.digest import file_digest, hexpart, sha256_bytes
 from imagekit.core.refs import parse_ref
-from imagekit.disk import header, qemu_img
-from imagekit.errors import FetchError, ImagekitError, RecipeError, StoreError, VerificationError
+from imagekit.errors import RecipeError, VerificationError
 from imagekit.image import Image
-from imagekit.net.download import Downloader, FetchResult
-from imagekit.net.metadata import DEFAULT_TTL, Fetched, UpstreamCache
-from imagekit.net.metalink import mirror_urls
-from imagekit.net.transport import Transport
-from imagekit.oci.layout import Descriptor, Layout
+from imagekit.net.metadata import Fetched, UpstreamCache
 from imagekit.oci.media import (
-    BLOB_MEDIA,
     CREATED_ANNOTATION,
     MEDIA_EVIDENCE_CHECKSUM,
     MEDIA_EVIDENCE_SIGNATURE,
     SOURCE_DIGEST_ANNOTATION,
     SOURCE_FILENAME_ANNOTATION,
     SOURCE_URL_ANNOTATION,
-    qemu_format,
 )
-from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
+from imagekit.progress import ProgressEvent
 from imagekit.recipe import HttpSource, Recipe
-from imagekit.resolve.resolve import Target, on_mirror, resolve
+from imagekit.resolve.resolve import Target, on_mirror
+from imagekit.sources.disk import DiskRequest, fetch_disk
+from imagekit.sources.session import Session
 from imagekit.verify.policy import (
     CHECKSUM_OVER_TLS,
     Expectation,
@@ -50,76 +40,6 @@ from imagekit.verify.policy import (
     require_level,
     verify_checksum_file,
 )
-
-
-@dataclass(frozen=True)
-class FetchOptions:
-    """How a pull may use the network, and whose keys it trusts.
-
-    ``refresh`` re-checks upstream metadata and ignores a matching ref; ``offline`` makes no
-    request (cached metadata, stored blobs only); ``allow_loopback_http`` lets checksum-over-tls
-    recipes read checksum files over plain http from 127.0.0.1/localhost (tests, a local proxy);
-    ``keys_override`` replaces every recipe's pinned keys, recorded in provenance;
-    ``connections`` is how many Range connections a large image may use, ``mirrors`` more roots
-    (beside the recipe's ``mirrors``) its bytes may come from.
-    """
-
-    mirror: str | None = None
-    connections: int = DEFAULT_CONNECTIONS
-    mirrors: tuple[str, ...] = ()
-    refresh: bool = False
-    offline: bool = False
-    allow_loopback_http: bool = False
-    metadata_ttl: float = DEFAULT_TTL
-    keys_override: tuple[Path, ...] = ()
-
-
-class NetworkOptions(TypedDict, total=False):
-    """:class:`FetchOptions` as keyword arguments of the public API (``Store.pull(mirror=...)``)."""
-
-    mirror: str | None
-    connections: int
-    mirrors: tuple[str, ...]
-    refresh: bool
-    offline: bool
-    allow_loopback_http: bool
-    metadata_ttl: float
-    keys_override: tuple[Path, ...]
-
-
-@dataclass
-class Session:
-    """What one pull or build shares: the store, the options, one transport and metadata cache."""
-
-    layout: Layout
-    options: FetchOptions
-    progress: ProgressCallback = ignore_progress
-    transport: Transport = field(default_factory=Transport)
-
-    @property
-    def downloader(self) -> Downloader:
-        return Downloader(
-            self.layout.tmp_dir, transport=self.transport, connections=self.options.connections
-        )
-
-    @contextmanager
-    def upstream(self) -> Iterator[UpstreamCache]:
-        with UpstreamCache(
-            self.layout.cache_dir / "upstream",
-            self.transport,
-            ttl=self.options.metadata_ttl,
-            refresh=self.options.refresh,
-            offline=self.options.offline,
-        ) as cache:
-            yield cache
-
-    def resolve(self, recipe: Recipe, cache: UpstreamCache) -> Target:
-        return resolve(
-            recipe,
-            cache=cache,
-            mirror=self.options.mirror,
-            keys_override=self.options.keys_override,
-        )
 
 
 @dataclass(frozen=True)
@@ -334,115 +254,3 @@ def _require_tls(
                 "proves nothing; use an https:// mirror (plain http is accepted only from "
                 "127.0.0.1/localhost with --allow-loopback-http)"
             )
-
-
-@dataclass(frozen=True)
-class DiskRequest:
-    """One disk to bring into ``blobs/``: where from, its format, what it must hash to."""
-
-    url: str
-    disk_format: str
-    expect: Expectation
-    mirrors: tuple[str, ...] = ()  # the same file elsewhere: segments may come from them too
-    metalink: str | None = None  # lists more of those; read only when the bytes are fetched
-
-
-class FetchedDisk(NamedTuple):
-    """A disk in ``blobs/``: its descriptor, ``qemu-img info``, and where its bytes came from."""
-
-    descriptor: Descriptor
-    info: dict[str, Any]
-    fetched_from: str | None  # the final URL, after redirects; None: already in the store
-
-
-def fetch_disk(
-    session: Session, request: DiskRequest, *, cache: UpstreamCache | None = None
-) -> FetchedDisk:
-    """Download (or find) the disk bytes, check them, move them into ``blobs/``.
-
-    ``cache`` maps other digests (Debian lists only sha512) to the sha256 the store is keyed
-    by, so a file stored before is found without downloading it again. A stored copy stands in
-    for a download, so it is checked like one (size, sha256); a damaged one is fetched again.
-    """
-    layout, progress = session.layout, session.progress
-    url, expect = request.url, request.expect
-    media_type = BLOB_MEDIA[request.disk_format]
-    qemu = qemu_format(request.disk_format)
-    known = expect.digests.get("sha256") or (cache.sha256_for(expect.digests) if cache else None)
-    lock_key = f"sha256:{known}" if known else "url:" + hexpart(sha256_bytes(url.encode()))
-    with layout.digest_lock(lock_key):
-        if known and _stored_intact(session, f"sha256:{known}", expect.size):
-            progress(ProgressEvent("fetch", "already in the store", 1, 1))
-            descriptor = layout.stored(f"sha256:{known}", media_type)
-            info = qemu_img.info(layout.blob_path(descriptor.digest), qemu)
-            return FetchedDisk(descriptor, info, None)
-        if session.options.offline:
-            raise FetchError(
-                f"offline, and {url} is not in the store yet: pull it once without --offline"
-            )
-        mirrors = request.mirrors
-        if request.metalink:
-            got = cache.fetch(request.metalink) if cache else None
-            body = got.body if got else session.transport.fetch_small(request.metalink).body
-            found = mirror_urls(body, _filename(url), request.metalink)
-            mirrors = tuple(dict.fromkeys(m for m in (*mirrors, *found) if m != url))
-        algorithms = sorted({"sha256", *expect.digests})
-        name = hexpart(sha256_bytes(url.encode()))[:32]
-        result = session.downloader.download(
-            url,
-            name=name,
-            algorithms=algorithms,
-            expected_size=expect.size,
-            progress=progress,
-            mirrors=mirrors,
-        )
-        try:
-            expect.check(result.digests, result.size, url)
-            progress(ProgressEvent("inspect", "checking the disk header"))
-            header.ensure_safe(result.path, request.disk_format)
-            info = qemu_img.info(result.path, qemu)
-        except ImagekitError:
-            _discard(result)
-            raise
-        digest = "sha256:" + result.digests["sha256"]
-        progress(ProgressEvent("store", f"storing {digest[:19]}"))
-        descriptor = layout.commit_file(result.path, digest, media_type)
-        _discard(result)  # only the resume sidecar is left; the bytes are in blobs/ now
-        if cache is not None:
-            cache.remember(result.digests)
-        return FetchedDisk(descriptor, info, result.url)
-
-
-def _stored_intact(session: Session, digest: str, size: int | None) -> bool:
-    """Whether ``digest`` is in the store and still hashes to its name (and has ``size``).
-
-    Hashing the local copy costs far less than the download it saves. A damaged copy is
-    fetched again, and ``commit_file`` replaces it with the good bytes.
-    """
-    layout = session.layout
-    path = layout.blob_path(digest)
-    try:
-        if not path.is_file():
-            return False
-        intact = (size is None or path.stat().st_size == size) and file_digest(path) == digest
-    except OSError as exc:
-        raise StoreError(f"cannot read blob {digest} ({path}): {exc.strerror or exc}") from exc
-    if not intact and session.options.offline:
-        raise StoreError(
-            f"blob {digest} in the store is damaged and --offline forbids fetching it again: "
-            "run `imagekit fsck`, then pull again without --offline"
-        )
-    if not intact:
-        session.progress(ProgressEvent("fetch", f"stored {digest[:19]} is damaged: fetching it"))
-    return intact
-
-
-def _discard(result: FetchResult) -> None:
-    """Drop a download and its resume sidecar (failed checks must not be resumed later)."""
-    for path in (result.path, result.path.with_name(result.path.name + ".json")):
-        path.unlink(missing_ok=True)
-
-
-def _filename(url: str) -> str:
-    """The file a URL names: what a metalink lists it as."""
-    return PurePosixPath(unquote(urlsplit(url).path)).name

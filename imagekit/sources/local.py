@@ -12,7 +12,8 @@ from imagekit.disk import header
 from imagekit.errors import RecipeError, UnsafeImageError
 from imagekit.image import Image
 from imagekit.oci.media import CREATED_ANNOTATION
-from imagekit.sources.http import DiskRequest, Session, fetch_disk
+from imagekit.sources.disk import DiskRequest, fetch_disk
+from imagekit.sources.session import Session
 from imagekit.verify.policy import UNVERIFIED, Expectation
 
 SECTOR = 512  # the smallest raw disk, and the unit its size comes in

@@ -30,7 +30,7 @@ from imagekit.verify.trust import TrustPolicy
 if TYPE_CHECKING:
     from imagekit.build import BuildResult
     from imagekit.net.transport import Transport
-    from imagekit.sources import http
+    from imagekit.sources.session import NetworkOptions
 
 __all__ = ["FsckReport", "GcReport", "Root", "Store", "login", "open_store"]
 
@@ -64,12 +64,12 @@ class Store(RegistryMethods, MachineMethods):
         transport: Transport | None = None,
         insecure: bool = False,
         trust: TrustPolicy | None = None,
-        **network: Unpack[http.NetworkOptions],
+        **network: Unpack[NetworkOptions],
     ) -> Image:
         """Fetch, verify and store a recipe's image (a Recipe, a recipe file or NAME[:VERSION]),
         or an image from a registry (``oci://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]``).
 
-        ``network`` takes the options of :class:`imagekit.sources.http.FetchOptions`: ``mirror``,
+        ``network`` takes the options of :class:`imagekit.sources.session.FetchOptions`: ``mirror``,
         ``refresh``, ``offline``, ``allow_loopback_http``, ``metadata_ttl`` and ``keys_override``
         (key files that replace the recipe's pinned keys; recorded in provenance). ``transport``
         sets retries, timeouts or a requests Session of the caller's. For ``oci://`` pulls,
@@ -111,7 +111,7 @@ class Store(RegistryMethods, MachineMethods):
         cache_from: str | None = None,
         cache_to: str | None = None,
         insecure: bool = False,
-        **network: Unpack[http.NetworkOptions],
+        **network: Unpack[NetworkOptions],
     ) -> BuildResult:
         """Build a recipe: its base, then one cached qcow2 layer per customize step.
 
@@ -147,7 +147,7 @@ class Store(RegistryMethods, MachineMethods):
         *,
         known: Mapping[Path, str] | None = None,
         transport: Transport | None = None,
-        **network: Unpack[http.NetworkOptions],
+        **network: Unpack[NetworkOptions],
     ) -> str:
         """What a build of ``recipe`` depends on, as one ``sha256:`` key, found without building
         (build/inputs.py): equal keys build the same image. Reads the base's evidence through

@@ -17,7 +17,7 @@ from imagekit.verify.trust import TrustPolicy
 # pay for the appliance, installer and download code (benchmarks/pull.py holds the start-up time).
 if TYPE_CHECKING:
     from imagekit.net.transport import Transport
-    from imagekit.sources import http
+    from imagekit.sources.session import NetworkOptions, Session
     from imagekit.verify.keys import PrivateKey
 
 
@@ -43,20 +43,20 @@ class StoreBase(Layout):
     def _session(
         self,
         progress: ProgressCallback | None,
-        network: http.NetworkOptions,
+        network: NetworkOptions,
         transport: Transport | None = None,
-    ) -> http.Session:
+    ) -> Session:
         from imagekit.net.transport import Transport
-        from imagekit.sources import http
+        from imagekit.sources.session import FetchOptions, Session
 
-        options = http.FetchOptions(**network)
+        options = FetchOptions(**network)
         if "connections" not in network:
             options = replace(options, connections=self.connections)
         if "mirrors" not in network:
             options = replace(options, mirrors=self.mirrors)
         if options.mirror is None:
             options = replace(options, mirror=self.mirror)
-        return http.Session(self, options, progress or ignore_progress, transport or Transport())
+        return Session(self, options, progress or ignore_progress, transport or Transport())
 
     def image(self, ref_or_digest: str) -> Image:
         """The stored image a ref or manifest digest names."""

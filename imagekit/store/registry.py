@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from imagekit.oci.multiarch import IndexPushReport
     from imagekit.oci.prune import PruneReport
     from imagekit.oci.transfer import PushReport
-    from imagekit.sources import http, registry
+    from imagekit.sources import registry
+    from imagekit.sources.session import NetworkOptions
     from imagekit.verify.keys import KeyFiles
     from imagekit.verify.stored import Signature
 
@@ -34,7 +35,7 @@ class RegistryMethods(StoreBase):
         self,
         ref: str,
         request: registry.RegistryPull,
-        network: http.NetworkOptions | None = None,
+        network: NetworkOptions | None = None,
     ) -> registry.Pulled:
         """:meth:`pull` of an ``oci://`` reference, also saying which blobs were fetched."""
         from imagekit.sources import registry

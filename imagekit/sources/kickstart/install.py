@@ -38,6 +38,7 @@ from imagekit.sources import http
 from imagekit.sources.kickstart.iso import BootFiles, extract, make_oemdrv, read_boot_files
 from imagekit.sources.kickstart.redact import Redacted, redact
 from imagekit.sources.kickstart.validate import render, syntax_version, validate
+from imagekit.sources.session import Session
 from imagekit.verify.policy import PINNED
 
 KICKSTART_CODE_VERSION = "1"
@@ -65,7 +66,7 @@ class Prepared:
     recorded: Redacted
 
 
-def prepare(session: http.Session, recipe: Recipe, source: KickstartSource) -> Prepared:
+def prepare(session: Session, recipe: Recipe, source: KickstartSource) -> Prepared:
     """Render and validate the kickstart, then fetch (or find) and pin the installer ISO."""
     values = {"name": recipe.name, "version": recipe.version, "arch": recipe.arch}
     try:
@@ -99,7 +100,7 @@ def vm_parameters(source: KickstartSource) -> dict[str, Any]:
     }
 
 
-def _installer(session: http.Session, source: KickstartSource) -> Installer:
+def _installer(session: Session, source: KickstartSource) -> Installer:
     store, progress = session.layout, session.progress
     if source.installer_path is None:
         parent = load_installer(source)
