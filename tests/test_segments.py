@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -317,6 +319,30 @@ def test_a_pull_takes_segments_from_the_recipes_mirrors(
     assert from_mirror and len(from_upstream) >= 2  # the probe, and at least one segment
     assert image.provenance["source"]["mirrors"] == [root + MIRRORED]
     assert image.provenance["source"]["fetched_from"] == upstream.server.url(f"/pub/{MIRRORED}")
+
+
+def test_pull_connections_flag_overrides_the_config(
+    upstream: Upstream, tmp_path: Path, three_segments: bytes
+) -> None:
+    """``--connections 1`` streams the image in one request where the default takes segments;
+    a value out of range is a usage error before anything is fetched."""
+    upstream.publish(MIRRORED, three_segments)
+    recipe = str(upstream.recipe(MIRRORED))
+    command = [sys.executable, "-m", "imagekit", "pull", recipe, "--store", str(tmp_path / "s")]
+    for bad in ("0", "17"):
+        refused = subprocess.run([*command, "--connections", bad], capture_output=True, text=True)
+        assert refused.returncode == 2 and "--connections" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+    upstream.server.clear_log()
+    pulled = subprocess.run([*command, "--connections", "1"], capture_output=True, text=True)
+    assert pulled.returncode == 0, pulled.stderr
+    requests = upstream.server.log(f"/pub/{MIRRORED}")
+    assert [e.status for e in requests if e.method == "GET"] == [200]  # one stream, no Range
+    assert Store(tmp_path / "s").image("test-cloud:1").path.read_bytes() == three_segments
+    upstream.server.clear_log()
+    default = [*command[:-1], str(tmp_path / "default")]
+    assert subprocess.run(default, capture_output=True, text=True).returncode == 0
+    assert 206 in [e.status for e in upstream.server.log(f"/pub/{MIRRORED}")]  # segments
 
 
 def test_a_config_mirror_serving_other_bytes_fails_the_pull_and_stores_nothing(

@@ -13,13 +13,17 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from typer.core import TyperGroup
 
 import imagekit
+from imagekit.config import MAX_CONNECTIONS
 from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
+
+if TYPE_CHECKING:
+    from imagekit.sources.session import NetworkOptions
 
 # click's base exception (usage errors and the like). typer vendors click from 0.26 on, so it is
 # reached through a public typer name, whichever click that is: BadParameter -> UsageError ->
@@ -55,6 +59,36 @@ StoreOption = Annotated[
     typer.Option("--store", help="Store directory (default: $IMAGEKIT_HOME, see docs)."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+ConnectionsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--connections",
+        min=1,
+        max=MAX_CONNECTIONS,
+        help=f"Range connections per large download, 1 to {MAX_CONNECTIONS} (default: the "
+        "config file's connections, else 4).",
+    ),
+]
+
+
+def network(
+    connections: int | None,
+    *,
+    mirror: str | None = None,
+    refresh: bool = False,
+    offline: bool = False,
+    allow_loopback_http: bool = False,
+) -> NetworkOptions:
+    """A command line's download options; ``connections`` only if given (else the config's)."""
+    options: NetworkOptions = {
+        "mirror": mirror,
+        "refresh": refresh,
+        "offline": offline,
+        "allow_loopback_http": allow_loopback_http,
+    }
+    if connections is not None:
+        options["connections"] = connections
+    return options
 
 
 def open_store(path: Path | None) -> imagekit.Store:

@@ -8,10 +8,12 @@ from typing import Annotated, Any
 import typer
 
 from imagekit.cli.app import (
+    ConnectionsOption,
     JsonOption,
     StoreOption,
     app,
     emit_json,
+    network,
     note_shadowing,
     open_store,
     progress_display,
@@ -66,6 +68,7 @@ def build(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Plain http to a registry off loopback.")
     ] = False,
+    connections: ConnectionsOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Build a recipe: its base, then one cached qcow2 layer per customize step.
@@ -87,7 +90,7 @@ def build(
             sign_key=sign_key,
             use_cache=not no_cache,
             insecure=insecure,
-            network={"mirror": mirror, "refresh": refresh},
+            network=network(connections, mirror=mirror, refresh=refresh),
         )
         outputs = Outputs(report, junit, as_json)
         raise typer.Exit(build_folder(open_store(store), all_in, options, outputs))
@@ -100,14 +103,13 @@ def build(
         result = open_store(store).build(
             target,
             tag=tag,
-            mirror=mirror,
-            refresh=refresh,
             use_cache=not no_cache,
             progress=progress,
             sign_key=sign_key,
             cache_from=cache_from,
             cache_to=cache_to,
             insecure=insecure,
+            **network(connections, mirror=mirror, refresh=refresh),
         )
     _print_build(result, as_json)
 

@@ -12,11 +12,13 @@ import typer
 
 import imagekit
 from imagekit.cli.app import (
+    ConnectionsOption,
     JsonOption,
     StoreOption,
     app,
     emit_json,
     human_size,
+    network,
     note_shadowing,
     open_store,
     progress_display,
@@ -61,6 +63,7 @@ def pull(
         bool,
         typer.Option(help="oci:// only: allow plain http to a registry that is not on loopback."),
     ] = False,
+    connections: ConnectionsOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Fetch an image, prove it genuine, and store it."""
@@ -69,13 +72,16 @@ def pull(
         image = open_store(store).pull(
             target,
             arch=arch,
-            mirror=mirror,
             tag=tag,
-            refresh=refresh,
-            offline=offline,
-            allow_loopback_http=allow_loopback_http,
             insecure=insecure,
             progress=progress,
+            **network(
+                connections,
+                mirror=mirror,
+                refresh=refresh,
+                offline=offline,
+                allow_loopback_http=allow_loopback_http,
+            ),
         )
     if as_json:
         emit_json(image.summary())
