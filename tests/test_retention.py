@@ -279,6 +279,30 @@ def test_prune_deletes_old_manifests_by_digest_and_keeps_bases_and_the_newest(
     assert pulled.fsck().ok
 
 
+def test_prune_keeps_a_multi_arch_index_as_new_as_its_images_and_the_images_it_names(
+    store: Store, tmp_path: Path, registry: RunningRegistry
+) -> None:
+    """An index records no creation time and names images that may be tagged on their own: it
+    ranked oldest (and went), and an image it names could be deleted under it."""
+    target = f"oci://{registry.host}/nightly/multi"
+    made(store, "multi:old", [disk(store, tmp_path, 60)], NOW - timedelta(days=5))
+    made(store, "multi:amd", [disk(store, tmp_path, 61)], NOW - timedelta(days=3))
+    made(store, "multi:arm", [disk(store, tmp_path, 62)], NOW - timedelta(days=1))
+    store.push("multi:old", f"{target}:old")
+    store.push("multi:amd", f"{target}:amd-only")  # also in the index, under a tag of its own
+    store.push_index(["multi:amd=amd64", "multi:arm=arm64"], f"{target}:1")
+
+    done = cli_json(store, "prune", target, "--keep-last", "1")
+    assert sorted(t for tags in done["removed"].values() for t in tags) == ["old"]
+    assert done["kept"] == {"1": "the newest", "amd-only": "a kept multi-arch index names it"}
+    remote = Registry(registry.host, repository="nightly/multi")
+    assert sorted(remote.tags("nightly/multi")) == ["1", "amd-only"]
+    pulled = Store(tmp_path / "pulled")
+    for arch in ("amd64", "arm64"):
+        pulled.pull(f"{target}:1", arch=arch, tag=f"multi:{arch}")
+    assert pulled.fsck().ok
+
+
 def test_prune_says_in_one_line_when_the_registry_refuses_deletes(
     store: Store, tmp_path: Path
 ) -> None:
