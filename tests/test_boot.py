@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from imagekit.core.digest import file_digest
 from imagekit.errors import BootError, RecipeError
 from imagekit.store import Store
 from tests.bootdisk import MARKER, REF, boot_store_fixture, bootdisk_fixture, has_sshd  # noqa: F401
+from tests.clirun import imagekit
 from tests.events import Events
 
 MEMORY = 256  # MiB: the guest is an initramfs
@@ -39,20 +38,6 @@ def qemu_processes(path: Path) -> list[int]:
         if str(path) in cmdline and "qemu-system" in cmdline:
             found.append(int(entry.name))
     return found
-
-
-def imagekit(
-    *args: str, store: Store | None = None, timeout: float = 180
-) -> subprocess.CompletedProcess[str]:
-    command, *rest = args
-    prefix = ["--store", str(store.root)] if store else []
-    return subprocess.run(
-        [sys.executable, "-m", "imagekit", command, *prefix, *rest],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def test_marker_is_seen_and_the_seed_reaches_the_guest(boot_store: Store) -> None:

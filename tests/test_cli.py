@@ -12,23 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.clirun import imagekit
 from tests.conftest import KEYS, REAL, REPO, Upstream, make_qcow2
 from tests.reliability import figures
 
 FILENAME = "Test-Cloud-Base-Generic-1-1.2.x86_64.qcow2"
 F44_KEY = KEYS / "RPM-GPG-KEY-fedora-44-primary"
 F44_FINGERPRINT = "36F612DCF27F7D1A48A835E4DBFCF71C6D9F90A6"
-
-
-def imagekit(*args: str, store: Path | None = None) -> subprocess.CompletedProcess[str]:
-    prefix = ["--store", str(store)] if store else []
-    command, *rest = args
-    return subprocess.run(
-        [sys.executable, "-m", "imagekit", command, *prefix, *rest],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_pull_json_then_images_inspect_rm_gc_fsck(

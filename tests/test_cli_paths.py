@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from imagekit.store import Store
-from tests.conftest import REPO, make_qcow2
+from tests.clirun import imagekit
+from tests.conftest import make_qcow2
 from tests.reliability import figures
 
 DEV_ZERO = Path("/dev/zero")
@@ -93,19 +93,6 @@ def given(kind: str, tmp_path: Path) -> Path:
     return paths[kind]
 
 
-def imagekit(
-    args: list[str], env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "imagekit", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def assert_one_error_line(done: subprocess.CompletedProcess[str], code: int, path: Path) -> str:
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert done.returncode == code, done.stderr
@@ -135,7 +122,7 @@ def test_a_bad_path_is_one_error_line_with_its_exit_code(
     path = given(kind, tmp_path)
     env = {command.env: str(path)} if command.env else None
 
-    done = imagekit(command.args(path, stored), env)
+    done = imagekit(*command.args(path, stored), env=env)
 
     assert_one_error_line(done, command.codes[kind], path)
     assert DEV_NULL.is_char_device() and DEV_ZERO.is_char_device()
@@ -143,7 +130,7 @@ def test_a_bad_path_is_one_error_line_with_its_exit_code(
 
 
 def test_a_missing_recipe_directory_is_skipped(tmp_path: Path) -> None:
-    done = imagekit(["recipes", "--json"], {"IMAGEKIT_RECIPES": str(tmp_path / "missing")})
+    done = imagekit(*["recipes", "--json"], env={"IMAGEKIT_RECIPES": str(tmp_path / "missing")})
 
     assert done.returncode == 0, done.stderr
     assert '"fedora-cloud"' in done.stdout
@@ -160,9 +147,9 @@ def test_broken_files_in_a_recipe_directory_are_listed_with_their_errors(tmp_pat
     (recipes / "latin1.toml").write_bytes(b'name = "caf\xe9"\n')
     env = {"IMAGEKIT_RECIPES": str(recipes)}
 
-    listed = imagekit(["recipes"], env)
+    listed = imagekit(*["recipes"], env=env)
     pulls = {
-        stem: imagekit(["pull", stem, "--store", str(tmp_path / "s")], env)
+        stem: imagekit(*["pull", stem, "--store", str(tmp_path / "s")], env=env)
         for stem in ("sub", "empty", "zero", "fifo", "big", "latin1")
     }
 
@@ -204,7 +191,7 @@ def test_import_takes_raw_only_when_told_and_names_the_users_file(
         mine.write_bytes(content)
     store = tmp_path / "store"
 
-    done = imagekit(["import", str(mine), "--name", "mine:1", *flags, "--store", str(store)])
+    done = imagekit(*["import", str(mine), "--name", "mine:1", *flags, "--store", str(store)])
 
     line = assert_one_error_line(done, code, mine)
     assert message in line and str(store) not in line
@@ -217,7 +204,7 @@ def test_a_raw_disk_is_imported_with_format_raw(tmp_path: Path) -> None:
     mine.write_bytes(bytes(1 << 20))
 
     done = imagekit(
-        [
+        *[
             "import",
             str(mine),
             "--name",

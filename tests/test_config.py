@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import imagekit
 from imagekit import config
-from tests.conftest import REPO, Upstream, make_qcow2
+from tests.clirun import imagekit as run_imagekit
+from tests.conftest import Upstream, make_qcow2
 from tests.gpgtools import TestKey
 
 UNREACHABLE = "https://upstream.invalid/pub/"  # .invalid never resolves: only a mirror can serve
@@ -31,18 +29,6 @@ def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEKIT_")}
-    return subprocess.run(
-        [sys.executable, "-m", "imagekit", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        env={**env, "XDG_CONFIG_HOME": str(home)},
-    )
-
-
 def test_the_config_files_mirror_serves_a_pull(
     upstream: Upstream, config_home: Path, tmp_path: Path
 ) -> None:
@@ -52,7 +38,9 @@ def test_the_config_files_mirror_serves_a_pull(
     write_config(config_home, f'mirror = "{upstream.server.url("/pub/")}"\n')
 
     image = imagekit.open_store(tmp_path / "api-store").pull(imagekit.load_recipe(recipe))
-    pulled = cli("pull", str(recipe), "--store", str(tmp_path / "cli-store"), home=config_home)
+    pulled = run_imagekit(
+        "pull", str(recipe), "--store", str(tmp_path / "cli-store"), config_home=config_home
+    )
 
     assert image.path.read_bytes() == data
     assert image.provenance["source"]["mirror"] == upstream.server.url("/pub/")
@@ -98,7 +86,7 @@ def test_an_invalid_config_value_is_a_one_line_error(
         imagekit.open_store()
     assert message in str(error.value)
 
-    shown = cli("images", home=config_home)
+    shown = run_imagekit("images", config_home=config_home)
     assert shown.returncode == 2
     assert shown.stderr.startswith("imagekit: error: ") and message in shown.stderr
     assert len(shown.stderr.strip().splitlines()) == 1, shown.stderr

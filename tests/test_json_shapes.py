@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.clirun import imagekit_json
 from tests.conftest import REPO, Upstream
 from tests.gpgtools import TestKey
 from tests.guestimage import build_guest_tree
@@ -26,18 +27,6 @@ FILENAME = "Shapes-Cloud-1.qcow2"
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 SUMMARY = {"ref", "digest", "image", "path", "format", "size", "verification", "cached"}
 BUILD = SUMMARY | {"layers", "generated_passwords"}
-
-
-def cli_json(*args: str) -> Any:
-    done = subprocess.run(
-        [sys.executable, "-m", "imagekit", *args, "--json"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout)
 
 
 def sha256(data: bytes) -> str:
@@ -65,28 +54,28 @@ def pulled(upstream: Upstream, image_bytes: bytes, tmp_path: Path) -> tuple[str,
     """A store with one pulled image, and what ``pull --json`` said."""
     store = str(tmp_path / "store")
     upstream.publish(FILENAME, image_bytes)
-    return store, cli_json("pull", str(upstream.recipe(FILENAME)), "--store", store)
+    return store, imagekit_json("pull", str(upstream.recipe(FILENAME)), "--store", store)
 
 
 def test_pull(pulled: tuple[str, dict[str, Any]], upstream: Upstream, image_bytes: bytes) -> None:
     store, first = pulled
     assert_summary(first, ref="test-cloud:1", data=image_bytes, level="signed")
     assert first["cached"] is False
-    again = cli_json("pull", str(upstream.recipe(FILENAME)), "--store", store)
+    again = imagekit_json("pull", str(upstream.recipe(FILENAME)), "--store", store)
     assert again == {**first, "cached": True}
 
 
 def test_import(image_bytes: bytes, tmp_path: Path) -> None:
     disk = tmp_path / "mine.qcow2"
     disk.write_bytes(image_bytes)
-    row = cli_json("import", str(disk), "--name", "mine:1", "--store", str(tmp_path / "store"))
+    row = imagekit_json("import", str(disk), "--name", "mine:1", "--store", str(tmp_path / "store"))
     assert_summary(row, ref="mine:1", data=image_bytes, level="unverified")
     assert row["cached"] is False
 
 
 def test_images(pulled: tuple[str, dict[str, Any]], image_bytes: bytes) -> None:
     store, first = pulled
-    rows = cli_json("images", "--store", store)
+    rows = imagekit_json("images", "--store", store)
     assert isinstance(rows, list) and len(rows) == 1
     row = dict(rows[0])
     assert row.pop("roots") == []  # no file outside the store backs onto it
@@ -98,7 +87,7 @@ def test_images(pulled: tuple[str, dict[str, Any]], image_bytes: bytes) -> None:
 
 def test_inspect(pulled: tuple[str, dict[str, Any]], image_bytes: bytes) -> None:
     store, first = pulled
-    record = cli_json("inspect", "test-cloud:1", "--store", store)
+    record = imagekit_json("inspect", "test-cloud:1", "--store", store)
     assert set(record) == SUMMARY | {"manifest", "provenance", "roots", "signatures"}, sorted(
         record
     )
@@ -125,7 +114,7 @@ def test_inspect(pulled: tuple[str, dict[str, Any]], image_bytes: bytes) -> None
 
 def test_gc(pulled: tuple[str, dict[str, Any]]) -> None:
     store, first = pulled
-    kept = cli_json("gc", "--store", store)
+    kept = imagekit_json("gc", "--store", store)
     locks = kept.pop("removed_locks")  # the pull's lock files, nobody holds them any more
     assert locks and all(name.startswith(("locks/", "tmp/")) for name in locks)
     assert kept == {
@@ -144,7 +133,7 @@ def test_gc(pulled: tuple[str, dict[str, Any]]) -> None:
         check=True,
         capture_output=True,
     )
-    would = cli_json("gc", "--store", store, "--dry-run")
+    would = imagekit_json("gc", "--store", store, "--dry-run")
     assert set(would) == {
         "removed_refs",
         "kept_refs",
@@ -160,7 +149,7 @@ def test_gc(pulled: tuple[str, dict[str, Any]]) -> None:
     assert first["image"] in would["removed_blobs"] and first["digest"] in would["removed_blobs"]
     assert all(DIGEST.fullmatch(d) for d in would["removed_blobs"])
     assert would["removed_temp"] == [] and would["freed_bytes"] > first["size"]
-    done = cli_json("gc", "--store", store)
+    done = imagekit_json("gc", "--store", store)
     assert done == {**would, "dry_run": False}
     assert not Path(first["path"]).exists()
 
@@ -168,7 +157,7 @@ def test_gc(pulled: tuple[str, dict[str, Any]]) -> None:
 def test_fsck(pulled: tuple[str, dict[str, Any]]) -> None:
     store, first = pulled
     blobs = list(Path(first["path"]).parent.iterdir())
-    report = cli_json("fsck", "--store", store)
+    report = imagekit_json("fsck", "--store", store)
     assert report == {
         "ok": True,
         "problems": [],
@@ -186,7 +175,7 @@ def test_verify(
     disk = tmp_path / FILENAME
     disk.write_bytes(image_bytes)
     key = ["--checksum", str(checksum), "--key", str(signing_key.public_key)]
-    listed = cli_json("verify", *key)
+    listed = imagekit_json("verify", *key)
     entry = {
         "filename": FILENAME,
         "algorithm": "sha256",
@@ -194,7 +183,7 @@ def test_verify(
         "size": len(image_bytes),
     }
     assert listed == {"signer": signing_key.fingerprint, "entries": [entry]}
-    matched = cli_json("verify", str(disk), *key)
+    matched = imagekit_json("verify", str(disk), *key)
     match = {k: entry[k] for k in ("filename", "algorithm", "digest")}
     assert matched == {**listed, "match": match}
 
@@ -204,7 +193,7 @@ RECIPE |= {"versions", "arches", "shadows"}
 
 
 def test_recipes() -> None:
-    rows = cli_json("recipes")
+    rows = imagekit_json("recipes")
     assert isinstance(rows, list) and rows
     for row in rows:
         assert set(row) == RECIPE, row  # a bundled recipe that fails to load has "error"
@@ -240,10 +229,18 @@ def test_build_and_customize(tmp_path: Path) -> None:
     build_guest_tree(tmp_path / "tree")
     recipe = write_recipe(tmp_path, "", name="shape")
     store = str(tmp_path / "store")
-    built = cli_json("build", str(recipe), "--store", store)
+    built = imagekit_json("build", str(recipe), "--store", store, timeout=600)
     assert_build(built, ref="shape:1", names=["scratch ext4 from tree"], cached=[False])
-    custom = cli_json(
-        "customize", "shape:1", "--store", store, "--tag", "shape:custom", "--hostname", "h1"
+    custom = imagekit_json(
+        "customize",
+        "shape:1",
+        "--store",
+        store,
+        "--tag",
+        "shape:custom",
+        "--hostname",
+        "h1",
+        timeout=600,
     )
     assert_build(custom, ref="shape:custom", names=["step 1"], cached=[False])
     assert custom["image"] != built["image"] and custom["digest"] != built["digest"]

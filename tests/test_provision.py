@@ -15,7 +15,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -43,6 +42,7 @@ from imagekit.oci.layout import Descriptor
 from imagekit.oci.media import MEDIA_DISK_QCOW2, PARENT_ANNOTATION
 from imagekit.store import Store
 from tests.bootdisk import MARKER, REF, bootdisk_fixture  # noqa: F401
+from tests.clirun import imagekit
 from tests.events import Events
 from tests.libvirtd import QEMU_USER, Libvirtd, libvirtd_fixture, qemu_running, traversable_dir  # noqa: F401
 
@@ -98,17 +98,6 @@ def owner_store_fixture(work: Path, bootdisk: Path) -> Store:
     store = Store(work / "owner-store")
     store.import_file(bootdisk, REF)
     return store
-
-
-def imagekit(*args: str, store: Store, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    command, *rest = args
-    return subprocess.run(
-        [sys.executable, "-m", "imagekit", command, "--store", str(store.root), *rest],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def wait_for(path: Path, text: str, timeout: float = 180) -> str:

@@ -7,14 +7,13 @@ directory; images come from the loopback upstream (tests/conftest.py).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from imagekit.errors import RecipeError
+from tests.clirun import imagekit as run_imagekit
 from tests.conftest import REPO, Upstream
 from tests.reliability import figures
 
@@ -25,15 +24,7 @@ BUNDLED = REPO / "recipes"
 def imagekit(
     *args: str, recipes: Path, store: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    prefix = ["--store", str(store)] if store else []
-    command, *rest = args
-    return subprocess.run(
-        [sys.executable, "-m", "imagekit", command, *prefix, *rest],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "IMAGEKIT_RECIPES": str(recipes)},
-    )
+    return run_imagekit(*args, store=store, env={"IMAGEKIT_RECIPES": str(recipes)})
 
 
 def test_a_user_recipe_is_found_by_the_name_it_declares(

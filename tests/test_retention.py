@@ -10,10 +10,8 @@ Images "made" days ago carry that time where the store records it (the manifest'
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +26,7 @@ from imagekit.oci.media import CREATED_ANNOTATION, MEDIA_DISK_QCOW2, PARENT_ANNO
 from imagekit.oci.registry import Registry
 from imagekit.oci.retention import Policy, Tagged, choose, parse_age
 from imagekit.store import Store
+from tests.clirun import imagekit, imagekit_json
 from tests.conftest import make_qcow2
 from tests.registry import RunningRegistry, running_registry
 
@@ -82,21 +81,6 @@ def overlay(store: Store, tmp_path: Path, base: Descriptor) -> Descriptor:
     return Descriptor(layer.media_type, layer.digest, layer.size, {PARENT_ANNOTATION: base.digest})
 
 
-def cli(store: Store, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "imagekit", args[0], "--store", str(store.root), *args[1:]],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def cli_json(store: Store, *args: str) -> Any:
-    done = cli(store, *args, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
 def snapshot(store: Store) -> tuple[bytes, list[str]]:
     return (store.root / "index.json").read_bytes(), sorted(
         p.name for p in store.blobs_dir.iterdir()
@@ -125,7 +109,7 @@ def test_gc_keep_last_keeps_the_last_n_and_every_blob_they_need(
     store: Store, nightly: dict[str, Image]
 ) -> None:
     before = snapshot(store)
-    dry = cli_json(store, "gc", "--keep-last", "2", "--dry-run")
+    dry = imagekit_json("gc", "--keep-last", "2", "--dry-run", store=store)
     assert dry["removed_refs"] == ["deb:2", "deb:3"]
     assert dry["kept_refs"] == {
         "app:1": "the newest",
@@ -140,7 +124,7 @@ def test_gc_keep_last_keeps_the_last_n_and_every_blob_they_need(
     assert gone <= set(dry["removed_blobs"])
     assert snapshot(store) == before  # a dry run changes nothing
 
-    done = cli(store, "gc", "--keep-last", "2")
+    done = imagekit("gc", "--keep-last", "2", store=store)
     assert done.returncode == 0, done.stderr
     assert "untagged deb:2\nuntagged deb:3\n" in done.stdout
     assert "kept deb:1: a kept image is built on it" in done.stdout
@@ -203,7 +187,7 @@ def test_bad_retention_arguments_are_one_line_errors(store: Store) -> None:
         (["--older-than", "30d"], "--older-than needs --keep-last N"),
         (["--keep-last", "0"], "0 is not in the range x>=1"),
     ]:
-        done = cli(store, "gc", *args)
+        done = imagekit("gc", *args, store=store)
         assert done.returncode == 2, done.stderr
         assert message in done.stderr and "Traceback" not in done.stderr
     with pytest.raises(RecipeError, match="keep at least 1"):
@@ -259,7 +243,7 @@ def test_prune_deletes_old_manifests_by_digest_and_keeps_bases_and_the_newest(
     assert before == sorted(["1", "2", "3", "4", "app", signature])
     assert sorted(remote.tags("nightly/deb", page=2)) == before  # pages of ?n=2&last=
 
-    dry = cli_json(store, "prune", target, "--keep-last", "2", "--dry-run")
+    dry = imagekit_json("prune", target, "--keep-last", "2", "--dry-run", store=store)
     assert sorted(t for tags in dry["removed"].values() for t in tags) == ["2", "3"]
     assert dry["kept"] == {
         "app": "the newest",
@@ -268,7 +252,7 @@ def test_prune_deletes_old_manifests_by_digest_and_keeps_bases_and_the_newest(
     }
     assert sorted(remote.tags("nightly/deb")) == before
 
-    done = cli(store, "prune", target, "--keep-last", "2")
+    done = imagekit("prune", target, "--keep-last", "2", store=store)
     assert done.returncode == 0, done.stderr
     assert "deleted 2 image(s) and 1 signature(s) in nightly/deb" in done.stdout
     assert sorted(remote.tags("nightly/deb")) == ["1", "4", "app"]
@@ -292,7 +276,7 @@ def test_prune_keeps_a_multi_arch_index_as_new_as_its_images_and_the_images_it_n
     store.push("multi:amd", f"{target}:amd-only")  # also in the index, under a tag of its own
     store.push_index(["multi:amd=amd64", "multi:arm=arm64"], f"{target}:1")
 
-    done = cli_json(store, "prune", target, "--keep-last", "1")
+    done = imagekit_json("prune", target, "--keep-last", "1", store=store)
     assert sorted(t for tags in done["removed"].values() for t in tags) == ["old"]
     assert done["kept"] == {"1": "the newest", "amd-only": "a kept multi-arch index names it"}
     remote = Registry(registry.host, repository="nightly/multi")
@@ -311,7 +295,7 @@ def test_prune_says_in_one_line_when_the_registry_refuses_deletes(
         for number in (1, 2):
             made(store, f"all:{number}", [disk(store, tmp_path, 40 + number)], NOW)
             store.push(f"all:{number}", f"{target}:{number}")
-        done = cli(store, "prune", target, "--keep-last", "1")
+        done = imagekit("prune", target, "--keep-last", "1", store=store)
         assert done.returncode == FetchError.exit_code
         assert "does not allow deleting manifests (HTTP 405" in done.stderr
         assert "storage.delete.enabled: true" in done.stderr

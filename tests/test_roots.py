@@ -10,9 +10,7 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,6 +19,7 @@ from imagekit.image import Image
 from imagekit.oci.layout import Descriptor
 from imagekit.oci.media import MEDIA_DISK_QCOW2, PARENT_ANNOTATION
 from imagekit.store import Store
+from tests.clirun import imagekit, imagekit_json
 
 REF = "layered:1"
 
@@ -50,21 +49,6 @@ def layered(store: Store, tmp_path: Path, image_bytes: bytes) -> Image:
     return store.image(REF)
 
 
-def cli(store: Store, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "imagekit", args[0], "--store", str(store.root), *args[1:]],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def cli_json(store: Store, *args: str) -> Any:
-    done = cli(store, *args, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
 def qemu_info(path: Path) -> subprocess.CompletedProcess[str]:
     command = ["qemu-img", "info", "-U", "--backing-chain", "--output=json", str(path)]
     return subprocess.run(command, capture_output=True, text=True)
@@ -75,13 +59,13 @@ def test_a_link_keeps_its_backing_chain_through_rm_and_gc(
 ) -> None:
     vm = tmp_path / "vm.qcow2"
     chain = [d.digest for d in layered.disks]
-    exported = cli(store, "export", REF, "-o", str(vm), "--link")
+    exported = imagekit("export", REF, "-o", str(vm), "--link", store=store)
     assert exported.returncode == 0, exported.stderr
 
-    removed = cli(store, "rm", REF)
+    removed = imagekit("rm", REF, store=store)
     assert removed.returncode == 0, removed.stderr
     assert str(vm) in removed.stdout and "stay" in removed.stdout
-    kept = cli_json(store, "gc")
+    kept = imagekit_json("gc", store=store)
     assert not set(chain) & set(kept["removed_blobs"]) and kept["dropped_roots"] == {}
     assert all(store.has_blob(d) for d in (*chain, layered.digest))
     info = qemu_info(vm)
@@ -92,10 +76,10 @@ def test_a_link_keeps_its_backing_chain_through_rm_and_gc(
     assert subprocess.run([*compare, str(layered.path)], capture_output=True).returncode == 0
 
     vm.unlink()
-    swept = cli_json(store, "gc")
+    swept = imagekit_json("gc", store=store)
     assert swept["dropped_roots"] == {str(vm): "the file is gone"}
     assert set(chain) | {layered.digest} <= set(swept["removed_blobs"])
-    assert cli_json(store, "roots") == []
+    assert imagekit_json("roots", store=store) == []
     assert store.fsck().ok
 
 
@@ -105,17 +89,19 @@ def test_roots_are_listed_by_roots_images_and_inspect(
     vm = tmp_path / "vm.qcow2"
     layered.export(vm, link=True)
 
-    [root] = cli_json(store, "roots")
+    [root] = imagekit_json("roots", store=store)
     assert root["path"] == str(vm) and root["kind"] == "link" and root["ref"] == REF
     assert root["manifest"] == layered.digest and root["stale"] is None
     assert root["blobs"] == [d.digest for d in layered.disks]
     assert root["command"] == "export --link" and root["created"].endswith("Z")
-    assert str(vm) in cli(store, "roots").stdout
-    [row] = cli_json(store, "images")
+    assert str(vm) in imagekit("roots", store=store).stdout
+    [row] = imagekit_json("images", store=store)
     assert row["roots"] == [{"path": str(vm), "kind": "link"}]
-    assert "1 file(s)" in cli(store, "images").stdout
-    assert cli_json(store, "inspect", REF)["roots"] == [{"path": str(vm), "kind": "link"}]
-    assert f"used by:      {vm} (link)" in cli(store, "inspect", REF).stdout
+    assert "1 file(s)" in imagekit("images", store=store).stdout
+    assert imagekit_json("inspect", REF, store=store)["roots"] == [
+        {"path": str(vm), "kind": "link"}
+    ]
+    assert f"used by:      {vm} (link)" in imagekit("inspect", REF, store=store).stdout
     assert [r.path for r in store.roots()] == [vm]
 
 
@@ -182,6 +168,6 @@ def test_a_damaged_root_record_stops_gc_before_it_removes_anything(
     with pytest.raises(StoreError, match="gc stopped, nothing removed"):
         store.gc()
     assert store.has_blob(layered.disk_digest)
-    done = cli(store, "gc")
+    done = imagekit("gc", store=store)
     assert done.returncode == 6 and done.stderr.startswith("imagekit: error: ")
     assert len(done.stderr.strip().splitlines()) == 1

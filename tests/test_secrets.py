@@ -12,8 +12,6 @@ import hashlib
 import json
 import os
 import secrets
-import subprocess
-import sys
 import tomllib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,6 +27,7 @@ from imagekit.sources.kickstart import install as kickstart
 from imagekit.sources.kickstart.redact import REDACTED, redact
 from imagekit.sources.session import FetchOptions, Session
 from imagekit.store import Store
+from tests.clirun import imagekit
 from tests.guestimage import build_guest_tree
 from tests.installer_iso import build_installer_iso
 from tests.reliability import figures
@@ -194,19 +193,6 @@ def installer_iso(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_installer_iso(tmp_path_factory.mktemp("iso") / "install.iso")
 
 
-def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEKIT_")}
-    env["XDG_CONFIG_HOME"] = str(home)  # no config file of the machine's
-    return subprocess.run(
-        [sys.executable, "-m", "imagekit", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        check=False,
-    )
-
-
 def disk_blobs(store: Store) -> set[Path]:
     disks = set()
     for _, descriptor in store.refs():
@@ -222,7 +208,9 @@ def test_a_kickstart_build_records_no_secret(tmp_path: Path, installer_iso: Path
     )
     store_dir = tmp_path / "store"
 
-    done = cli("build", str(recipe), "--store", str(store_dir), "--json", home=tmp_path)
+    done = imagekit(
+        "build", str(recipe), "--store", str(store_dir), "--json", config_home=tmp_path, timeout=600
+    )
 
     assert done.returncode == 0, done.stderr
     secret = needles(ROOT_SECRET, ALICE_SECRET, FILE_SECRET)
@@ -301,7 +289,9 @@ def test_a_build_with_password_steps_records_no_secret(tmp_path: Path) -> None:
     )
     store_dir = tmp_path / "store"
 
-    done = cli("build", str(recipe), "--store", str(store_dir), "--json", home=tmp_path)
+    done = imagekit(
+        "build", str(recipe), "--store", str(store_dir), "--json", config_home=tmp_path, timeout=600
+    )
 
     assert done.returncode == 0, done.stderr
     output = json.loads(done.stdout)
@@ -319,7 +309,9 @@ def test_a_build_with_password_steps_records_no_secret(tmp_path: Path) -> None:
     assert read >= 8
     figures.add("secrets: files of a password-step build's store grepped, none with a secret", read)
 
-    again = cli("build", str(recipe), "--store", str(store_dir), "--json", home=tmp_path)
+    again = imagekit(
+        "build", str(recipe), "--store", str(store_dir), "--json", config_home=tmp_path, timeout=600
+    )
     assert again.returncode == 0, again.stderr
     assert all(layer["cached"] for layer in json.loads(again.stdout)["layers"])  # keys stable
     assert json.loads(again.stdout)["generated_passwords"] == {}  # shown once, never kept
