@@ -31,7 +31,8 @@ def make_chain(directory: Path, base_format: str) -> Path:
     if base_format == "raw":
         base.write_bytes(rng.randbytes(SIZE))
     else:
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), str(SIZE)], check=True)
+        create = ["qemu-img", "create", "-q", "-f", "qcow2", str(base), str(SIZE)]
+        subprocess.run(create, check=True)
         write_with_qemu_io(base, [Write(0, rng.randbytes(SIZE // 2))])
     parent, parent_format = base.name, base_format
     for number in range(1, LAYERS + 1):
