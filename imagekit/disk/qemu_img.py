@@ -179,8 +179,8 @@ def convert(
     _run([*args, "-f", src_fmt, _filename(src), _filename(dst)], what=what, **_out(progress, dst))
 
 
-def read_options(path: Path, fmt: str, aio: str = "io_uring") -> str | None:
-    """``--image-opts`` that open ``path`` as ``fmt`` and each level of its chain with ``aio``.
+def read_options(path: Path, fmt: str) -> str | None:
+    """``--image-opts`` that open ``path`` as ``fmt`` and each level of its chain via io_uring.
 
     qemu takes one ``file.aio`` per level (``backing.file.aio`` for the parent, and so on) and
     refuses a level that does not exist, so the chain is followed here through the headers.
@@ -196,7 +196,7 @@ def read_options(path: Path, fmt: str, aio: str = "io_uring") -> str | None:
             return None
     name = _escape(_filename(path))
     options = [f"driver={fmt}", "file.driver=file", f"file.filename={name}"]
-    options += ["backing." * level + f"file.aio={aio}" for level in range(levels + 1)]
+    options += ["backing." * level + "file.aio=io_uring" for level in range(levels + 1)]
     return ",".join(options)
 
 
