@@ -4,10 +4,13 @@
    writes (metadata-like 1-4 KiB records in a few places, file-like 1 MiB runs, half of them
    compressible), made the way a step makes its layer (``qemu_img.create_overlay``, writes,
    ``qemu_img.compact_layer``), and the same five as plain 64 KiB overlays, the format before
-   thin layers. Each chain's top and the flattened image (``qemu-img convert -O qcow2``) are
-   read whole by ``qemu-img convert -n`` into qemu's ``null-co`` driver: what export reads,
-   written nowhere. One untimed read of each warms the page cache; the timed reads are
-   interleaved with the order rotating. Target: thin chain / flattened <= 1.2x.
+   thin layers; and five empty thin layers, which cost a chain's opening and nothing else.
+   Each chain's top and the flattened image (``qemu-img convert -O qcow2``) are read whole by
+   ``qemu-img convert -n`` into qemu's ``null-co`` driver, written nowhere, in two ways: as
+   export reads (``qemu_img.read_options``: every level through io_uring) and as export read
+   before (``-f qcow2``, qemu's thread pool). One untimed read of each warms the page cache; the
+   timed reads are interleaved with the order rotating. Target: thin chain / flattened <= 1.2x,
+   both read as export reads.
 2. **Layer bytes.** Each synthetic thin layer against what it changed (tests/layerbytes.py:
    512-byte sectors that differ from the parent and hold data), and one real imagekit step (the
    ten operations of benchmarks/customize.py on tests/guestimage.py's busybox guest, one launch)
@@ -116,25 +119,51 @@ class Read:
     cpu: float  # qemu-img's user + system time: steadier than wall time on a loaded host
 
 
-def read_whole(disk: Path, size: int) -> Read:
-    """Read every guest byte of ``disk`` through its chain into null-co."""
-    target = f"driver=null-co,size={size}"
+READS = ("io_uring", "before")  # as export reads a chain now; as it did (-f, the thread pool)
+
+
+def read_whole(disk: Path, size: int, how: str) -> Read:
+    """Read every guest byte of ``disk`` through its chain into null-co, ``how`` export does."""
+    target = ["--target-image-opts", f"driver=null-co,size={size}"]
+    options = qemu_img.read_options(disk, "qcow2") if how == "io_uring" else None
+    source = ["--image-opts", options] if options else ["-f", "qcow2", str(disk)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(
-        ["qemu-img", "convert", "-n", "-f", "qcow2", str(disk), "--target-image-opts", target],
-        check=True,
-    )
+    subprocess.run(["qemu-img", "convert", "-n", *source, *target], check=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     return Read(wall, cpu)
 
 
+def extents(disk: Path) -> int:
+    """Extents of ``disk``'s whole chain as qemu-img map lists them: each is its own read."""
+    out = subprocess.run(
+        ["qemu-img", "map", "--output=json", "-f", "qcow2", str(disk)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return len(json.loads(out))
+
+
+def empty_chain(directory: Path, base: Path) -> Path:
+    """Five thin layers that hold nothing: a chain's opening cost alone."""
+    directory.mkdir()
+    os.link(base, directory / base.name)
+    parent = base.name
+    for number in range(1, LAYERS + 1):
+        qemu_img.create_overlay(directory / f"overlay{number}.qcow2", parent, "qcow2")
+        layer = directory / f"layer{number}.qcow2"
+        qemu_img.compact_layer(directory / f"overlay{number}.qcow2", layer, parent, "qcow2")
+        parent = layer.name
+    return directory / parent
+
+
 def chain_reads(work: Path, size_mb: int, runs: int) -> dict[str, Any]:
     base = make_base(work, size_mb)
     size = size_mb << 20
-    disks: dict[str, Path] = {}
+    disks: dict[str, Path] = {"base": base, "empty thin": empty_chain(work / "empty", base)}
     layers: dict[str, list[dict[str, int]]] = {}
     same = True
     for shape in SHAPES:
@@ -152,15 +181,18 @@ def chain_reads(work: Path, size_mb: int, runs: int) -> dict[str, Any]:
             for new, old, c in zip(thin, today, chain_changes(base, thin), strict=True)
         ]
     for disk in disks.values():
-        read_whole(disk, size)  # warm the page cache
-    reads: dict[str, list[Read]] = {name: [] for name in disks}
-    names = list(disks)
+        read_whole(disk, size, "before")  # warm the page cache
+    reads: dict[str, list[Read]] = {f"{name}, {how}": [] for how in READS for name in disks}
+    names = list(reads)
     for run in range(runs):
         for name in names[run % len(names) :] + names[: run % len(names)]:
-            reads[name].append(read_whole(disks[name], size))
-        log(f"  run {run + 1}: " + ", ".join(f"{n} {reads[n][-1].wall:.3f} s" for n in names))
+            which, how = name.rsplit(", ", 1)
+            reads[name].append(read_whole(disks[which], size, how))
+        shown = [n for n in names if " thin, " in n]
+        log(f"  run {run + 1} (cpu): " + ", ".join(f"{n} {reads[n][-1].cpu:.3f} s" for n in shown))
     return {
         "same_content": same,
+        "extents": {name: extents(disk) for name, disk in disks.items()},
         "wall": {name: [r.wall for r in samples] for name, samples in reads.items()},
         "cpu": {name: [r.cpu for r in samples] for name, samples in reads.items()},
         "layers": layers,
@@ -215,16 +247,23 @@ def figures(r: dict[str, Any]) -> list[Figure]:
     rows = []
     for clock in ("wall", "cpu"):  # qemu-img's CPU time: the steadier figure on a loaded host
         times = r["chain"][clock]
-        for shape in SHAPES:
-            flat = times[f"{shape} flat"]
-            for kind, target in (("thin", "<= 1.2x"), ("64K", "reference")):
-                samples = times[f"{shape} {kind}"]
+        for how in READS:
+            kinds = (("thin", "<= 1.2x"), ("64K", "reference"))
+            for shape, kind, target in [(s, k, t) for s in SHAPES for k, t in kinds]:
+                if how == "before" and kind == "64K":
+                    continue  # the format and the read before: in the table above
+                flat, samples = times[f"{shape} flat, {how}"], times[f"{shape} {kind}, {how}"]
                 ratio = paired_ratio(samples, flat)
-                ok = ratio <= 1.2 if kind == "thin" else None
-                name = f"read {LAYERS} {shape} layers, {kind} ({clock})"
+                ok = ratio <= 1.2 if kind == "thin" and how == "io_uring" else None
+                target = target if how == "io_uring" else "reference"
+                name = f"read {LAYERS} {shape}, {kind}, {how} ({clock})"
                 rows.append(
                     Figure(name, median(samples), "flattened", median(flat), ratio, target, ok)
                 )
+            base, empty = times[f"base, {how}"], times[f"empty thin, {how}"]
+            name = f"read {LAYERS} empty, thin, {how} ({clock})"
+            ratio = paired_ratio(empty, base)
+            rows.append(Figure(name, median(empty), "base", median(base), ratio, "reference", None))
     for shape, layers in r["chain"]["layers"].items():
         changed = sum(x["changed"] for x in layers)
         for kind, target in (("thin", "<= 1.1x"), ("today", "reference")):
@@ -270,7 +309,7 @@ def report(r: dict[str, Any]) -> str:
             f"{shape} = {n} records (1-4 KiB) in {p} places + {f} x 1 MiB files"
             for shape, (n, p, f) in SHAPES.items()
         ),
-        f"runs:    {r['runs']} interleaved reads per disk after one warm-up each; "
+        f"runs:    {r['runs']} interleaved reads per disk and way after one warm-up each; "
         f"thin and 64 KiB chains read the same content: {chain['same_content']}",
         "",
         "shape   layer   thin bytes   64K bytes    changed   thin/changed  64K/changed",
@@ -283,12 +322,18 @@ def report(r: dict[str, Any]) -> str:
                 f"{x['today'] / x['changed']:>10.2f}x"
             )
     lines.append("")
-    lines.append("read (whole disk)    wall median (min-max)       cpu median   cpu vs flat")
+    lines.append(
+        "read (whole disk)       extents  wall median (min-max)    cpu median  cpu vs flat"
+    )
     for name, samples in chain["wall"].items():
-        cpu, flat = chain["cpu"][name], chain["cpu"][name.split()[0] + " flat"]
+        disk, how = name.rsplit(", ", 1)
+        shape = disk.split()[0]
+        flat = "base" if shape in ("base", "empty") else f"{shape} flat"
+        cpu, flat_cpu = chain["cpu"][name], chain["cpu"][f"{flat}, {how}"]
         lines.append(
-            f"{name:<20} {median(samples):.3f} s ({min(samples):.3f}-{max(samples):.3f})"
-            f"    {median(cpu):.3f} s     {paired_ratio(cpu, flat):.2f}x"
+            f"{name:<24} {chain['extents'][disk]:>6}  {median(samples):.3f} s "
+            f"({min(samples):.3f}-{max(samples):.3f})  {median(cpu):.3f} s     "
+            f"{paired_ratio(cpu, flat_cpu):.2f}x"
         )
     for name, step in r.get("step", {}).items():
         lines.append(

@@ -11,6 +11,11 @@ of 64 KiB clusters split into 32 subclusters (``extended_l2``), so a guest write
 copies 2 KiB of its cluster, not 64 KiB. ``compact_layer`` then rewrites that overlay as the
 stored layer: only what it allocated, in clusters of the size that keeps qcow2's fixed tables
 smallest for the disk's virtual size, zlib-compressed when the layer is small.
+
+``convert`` reads every level of a chain through io_uring (``file.aio=io_uring``): a thin chain
+is thousands of small extents, each its own read, and the default thread pool spends a futex
+round trip on each (benchmarks/README.md, ``layers.py``). Where io_uring is refused (a seccomp
+filter, ``kernel.io_uring_disabled``) it reads as before, through the thread pool.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ TIMEOUT = 60  # wall clock: catches a qemu-img blocked on I/O, which burns no CP
 OVERLAY_OPTIONS = "cluster_size=65536,extended_l2=on"  # 2 KiB subclusters; qemu >= 5.2
 LAYER_CLUSTER_SIZES = (2048, 4096, 8192, 16384, 32768, 65536)
 COMPRESS_BELOW = 1 << 20  # bytes of an uncompressed layer; benchmarks/README.md has the trade
+MAX_CHAIN = 256  # levels ``convert`` follows to name each one's aio; deeper reads as before
+_IO_URING_REFUSED = "Unable to use io_uring"  # qemu's words when it cannot set up a ring
+_io_uring_refused = False  # set once a qemu-img here could not use io_uring: ask no more
 _PERCENT = re.compile(r"\((\d+(?:\.\d+)?)/100%\)")
 
 
@@ -151,18 +159,56 @@ def convert(
     progress: ProgressCallback | None = None,
 ) -> None:
     """Convert a trusted image; ``sparse=False`` writes zeros out, ``compress`` is qcow2 only."""
-    args = ["convert", "-f", src_fmt, "-O", dst_fmt]
+    args = ["convert", "-O", dst_fmt]
     if compress:
         args.append("-c")
     if not sparse:
         args += ["-S", "0"]
-    options: dict[str, Any] = {}
     if progress is not None:
         args.append("-p")
-        options = {"_out": _progress_reader(progress, dst), "_out_bufsize": 0}
-    args += [_filename(src), _filename(dst)]
     what = f"qemu-img convert of {src} to {dst}"
-    _run(args, what=what, **options)
+    global _io_uring_refused
+    if not _io_uring_refused and (source := read_options(src, src_fmt)) is not None:
+        try:
+            _run([*args, "--image-opts", source, _filename(dst)], what=what, **_out(progress, dst))
+            return
+        except ImagekitError as exc:  # refused at open, before qemu-img creates ``dst``
+            if _IO_URING_REFUSED not in str(exc):
+                raise
+            _io_uring_refused = True
+    _run([*args, "-f", src_fmt, _filename(src), _filename(dst)], what=what, **_out(progress, dst))
+
+
+def read_options(path: Path, fmt: str) -> str | None:
+    """``--image-opts`` that open ``path`` as ``fmt`` and each level of its chain via io_uring.
+
+    qemu takes one ``file.aio`` per level (``backing.file.aio`` for the parent, and so on) and
+    refuses a level that does not exist, so the chain is followed here through the headers.
+    None when a level is not a file named plainly or by absolute path (qemu would open it some
+    other way), or the chain is deeper than ``MAX_CHAIN``: read it as before.
+    """
+    levels, current = 0, Path(_filename(path))
+    while (parent := probe(current).backing_file) is not None:
+        current = current.parent / parent  # an absolute ``parent`` replaces the directory
+        plain = is_plain_name(parent) or os.path.isabs(parent)
+        levels += 1
+        if not plain or not current.is_file() or levels > MAX_CHAIN:
+            return None
+    name = _escape(_filename(path))
+    options = [f"driver={fmt}", "file.driver=file", f"file.filename={name}"]
+    options += ["backing." * level + "file.aio=io_uring" for level in range(levels + 1)]
+    return ",".join(options)
+
+
+def _escape(value: str) -> str:
+    """A value inside ``--image-opts``: qemu reads a doubled comma as one."""
+    return value.replace(",", ",,")
+
+
+def _out(progress: ProgressCallback | None, dst: Path) -> dict[str, Any]:
+    if progress is None:
+        return {}
+    return {"_out": _progress_reader(progress, dst), "_out_bufsize": 0}
 
 
 def _filename(path: Path) -> str:
