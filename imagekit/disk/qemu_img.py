@@ -38,7 +38,8 @@ OVERLAY_OPTIONS = "cluster_size=65536,extended_l2=on"  # 2 KiB subclusters; qemu
 LAYER_CLUSTER_SIZES = (2048, 4096, 8192, 16384, 32768, 65536)
 COMPRESS_BELOW = 1 << 20  # bytes of an uncompressed layer; benchmarks/README.md has the trade
 MAX_CHAIN = 256  # levels ``convert`` follows to name each one's aio; deeper reads as before
-_IO_URING_REFUSED = "Unable to use io_uring"  # qemu's words when it cannot set up a ring
+# qemu's words when it cannot set up a ring, and when it was built without io_uring
+_IO_URING_REFUSED = ("Unable to use io_uring", "aio=io_uring was specified, but is not supported")
 _io_uring_refused = False  # set once a qemu-img here could not use io_uring: ask no more
 _PERCENT = re.compile(r"\((\d+(?:\.\d+)?)/100%\)")
 
@@ -173,7 +174,7 @@ def convert(
             _run([*args, "--image-opts", source, _filename(dst)], what=what, **_out(progress, dst))
             return
         except ImagekitError as exc:  # refused at open, before qemu-img creates ``dst``
-            if _IO_URING_REFUSED not in str(exc):
+            if not any(words in str(exc) for words in _IO_URING_REFUSED):
                 raise
             _io_uring_refused = True
     _run([*args, "-f", src_fmt, _filename(src), _filename(dst)], what=what, **_out(progress, dst))
