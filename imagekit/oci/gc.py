@@ -27,20 +27,22 @@ import os
 import re
 import shutil
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import repeat
 from pathlib import Path
 
 from imagekit.core import atomic
+from imagekit.core.digest import canonical_json, sha256_bytes
 from imagekit.core.locking import remove_unheld
 from imagekit.disk import qcow2
 from imagekit.errors import StoreError
-from imagekit.oci import retention
+from imagekit.oci import index, retention
 from imagekit.oci import roots as outside
 from imagekit.oci.layout import Descriptor, Layout, check_digest, manifest_descriptors, parents
 from imagekit.oci.media import MEDIA_INDEX, MEDIA_MANIFEST, REF_ANNOTATION, signed_digest
-from imagekit.oci.memo import Memo
+from imagekit.oci.memo import LiveSet, Memo
 
 _MANIFEST_MAX = 4 << 20  # a JSON blob bigger than this is not a manifest worth parsing in gc
 _TEMP_RE = re.compile(r"new-(\d+)-.*", re.DOTALL)
@@ -83,34 +85,41 @@ def collect(
     ``remove_partial``. Waits for every shared-lock holder (pulls, builds) to finish.
     """
     with layout.exclusive_lock():
-        entries = layout.entries()
-        images = [d for d in entries if _signed(d) is None]
-        chosen = retention.choose(_tagged(layout, images), policy) if policy else None
-        leaving = {t.ref for t in chosen.remove} if chosen else set()
-        memo = Memo(layout, "gc-children")
-        marked = _mark(
-            layout,
-            [d.digest for d in images if _ref(d) not in leaving]
-            + [check_digest(r) for r in extra_roots],
-            set(),
-            memo,
-        )
-        kept_refs = dict(chosen.kept) if chosen else {}
-        _keep_needed(chosen, marked, "a kept image is built on it", kept_refs)
-        kept, dropped = _outside_roots(layout, dry_run)
-        marked = _mark(
-            layout, [d for root in kept for d in (root.manifest, *root.blobs)], marked, memo
-        )
-        _keep_needed(chosen, marked, "a file outside the store backs onto it", kept_refs)
-        removed_refs = sorted(leaving - kept_refs.keys())
-        if removed_refs and not dry_run:
-            layout.untag_all(removed_refs)
-        gone = set(removed_refs)
-        remaining = [d for d in entries if _ref(d) not in gone] if gone else entries
-        unsigned = _mark_signatures(layout, remaining, marked, memo, dry_run)
-        removed, freed = _sweep_blobs(layout, marked, dry_run)
+        data = layout.index_bytes()
+        kept, dropped = _outside_roots(layout)
+        roots = _roots_key(kept, extra_roots)
+        last = LiveSet.load(layout) if policy is None else None
+        missing: set[str] = set()
+        removed_refs: list[str] = []
+        kept_refs: dict[str, str] = {}
+        index_digest = sha256_bytes(data)
+        same = last is not None and last.roots == roots and last.index == index_digest
+        added = None if same else _added(data, last, roots)
+        marked: AbstractSet[str]
+        if same and last is not None:
+            marked, unsigned = last.digests, []  # nothing it was marked from changed
+        elif added is not None and last is not None:
+            # only refs were added since: mark from them on top of the last live set
+            images = [d.digest for d in added if _signed(d) is None]
+            grown = _mark(layout, images, set(last.digests), None, missing)
+            unsigned = _mark_signatures(layout, added, grown, None, dry_run, missing)
+            marked = grown
+        else:
+            memo = Memo(layout, "gc-children")
+            marked, removed_refs, kept_refs, unsigned = _mark_all(
+                layout, data, kept, extra_roots, policy, memo, dry_run, missing
+            )
+            if not dry_run:
+                memo.save(keep=marked)
         if not dry_run:
-            memo.save(keep=marked)
+            for path in dropped:
+                outside.remove(layout, Path(path))
+        removed, freed = _sweep_blobs(layout, marked, dry_run)
+        changed = removed_refs or unsigned or missing or policy is not None
+        if not dry_run and not changed and not same:
+            point = index.append_point(data)
+            prefix = None if point is None else sha256_bytes(data[:point])
+            LiveSet(roots, index_digest, point, prefix, frozenset(marked)).save(layout)
         removed_temp, temp_bytes = _sweep_tmp(layout, remove_partial, dry_run)
         locks = _sweep_locks(layout, dry_run)
     return GcReport(
@@ -123,6 +132,63 @@ def collect(
         removed_refs,
         {ref: why for ref, why in kept_refs.items() if ref not in removed_refs},
     )
+
+
+def _mark_all(
+    layout: Layout,
+    data: bytes,
+    kept: list[outside.Root],
+    extra_roots: Iterable[str],
+    policy: retention.Policy | None,
+    memo: Memo,
+    dry_run: bool,
+    missing: set[str],
+) -> tuple[set[str], list[str], dict[str, str], list[str]]:
+    """The full mark from every entry of the index ``data``: the live set, the refs the policy
+    removed, why it kept the others, and the signature refs untagged."""
+    entries = layout.entries(data)
+    images = [d for d in entries if _signed(d) is None]
+    chosen = retention.choose(_tagged(layout, images), policy) if policy else None
+    leaving = {t.ref for t in chosen.remove} if chosen else set()
+    marked = _mark(
+        layout,
+        [d.digest for d in images if _ref(d) not in leaving]
+        + [check_digest(r) for r in extra_roots],
+        set(),
+        memo,
+        missing,
+    )
+    kept_refs = dict(chosen.kept) if chosen else {}
+    _keep_needed(chosen, marked, "a kept image is built on it", kept_refs)
+    marked = _mark(
+        layout, [d for root in kept for d in (root.manifest, *root.blobs)], marked, memo, missing
+    )
+    _keep_needed(chosen, marked, "a file outside the store backs onto it", kept_refs)
+    removed_refs = sorted(leaving - kept_refs.keys())
+    if removed_refs and not dry_run:
+        layout.untag_all(removed_refs)
+    gone = set(removed_refs)
+    remaining = [d for d in entries if _ref(d) not in gone] if gone else entries
+    unsigned = _mark_signatures(layout, remaining, marked, memo, dry_run, missing)
+    return marked, removed_refs, kept_refs, unsigned
+
+
+def _roots_key(kept: list[outside.Root], extra_roots: Iterable[str]) -> str:
+    """What identifies every root besides index.json: a live set marked under another key
+    is not reused."""
+    recorded = sorted([root.manifest, *root.blobs] for root in kept)
+    extra = sorted(check_digest(r) for r in extra_roots)
+    return sha256_bytes(canonical_json({"recorded": recorded, "extra": extra}))
+
+
+def _added(data: bytes, last: LiveSet | None, roots: str) -> list[Descriptor] | None:
+    """The entries index ``data`` gained since ``last`` was marked, when gaining them is all
+    that changed (no ref removed or moved, the same other roots); None otherwise."""
+    if last is None or last.roots != roots or last.point is None or last.prefix is None:
+        return None
+    if last.point > len(data) or sha256_bytes(data[: last.point]) != last.prefix:
+        return None
+    return index.appended(data, last.point)
 
 
 def _tagged(layout: Layout, images: list[Descriptor]) -> list[retention.Tagged]:
@@ -153,7 +219,7 @@ def _created(layout: Layout, digest: str) -> datetime | None:
 
 
 def _keep_needed(
-    chosen: retention.Choice | None, marked: set[str], why: str, kept: dict[str, str]
+    chosen: retention.Choice | None, marked: AbstractSet[str], why: str, kept: dict[str, str]
 ) -> None:
     """Chosen tags whose image is still needed stay tagged, saying ``why``."""
     for tagged in chosen.remove if chosen else []:
@@ -165,7 +231,7 @@ def _ref(entry: Descriptor) -> str | None:
     return entry.annotations.get(REF_ANNOTATION)
 
 
-def _sweep_blobs(layout: Layout, marked: set[str], dry_run: bool) -> tuple[list[str], int]:
+def _sweep_blobs(layout: Layout, marked: AbstractSet[str], dry_run: bool) -> tuple[list[str], int]:
     removed, freed = [], 0
     # scandir gives names and types: no stat per kept blob. A name that is not a blob's is
     # left alone (fsck reports it).
@@ -191,11 +257,16 @@ def _sweep_blobs(layout: Layout, marked: set[str], dry_run: bool) -> tuple[list[
 
 
 def _mark(
-    layout: Layout, roots: Iterable[str], marked: set[str], memo: Memo | None = None
+    layout: Layout,
+    roots: Iterable[str],
+    marked: set[str],
+    memo: Memo | None = None,
+    missing: set[str] | None = None,
 ) -> set[str]:
     """Every digest reachable from ``roots`` through manifests and disk parent chains, added to
     ``marked`` (what an earlier mark reached). What each blob keeps alive is read from it once
     and kept in ``memo`` (blobs never change), so a mark costs no reads for blobs seen before.
+    A digest whose blob is not in the store goes into ``missing``: its edges are unknown.
     """
     work = list(roots)
     while work:
@@ -208,10 +279,13 @@ def _mark(
             work.extend(known)
             continue
         children = _children(layout, digest)
-        if children is not None:
-            if memo is not None:
-                memo.put(digest, children)
-            work.extend(children)
+        if children is None:
+            if missing is not None:
+                missing.add(digest)
+            continue
+        if memo is not None:
+            memo.put(digest, children)
+        work.extend(children)
     return marked
 
 
@@ -222,7 +296,12 @@ def _signed(entry: Descriptor) -> str | None:
 
 
 def _mark_signatures(
-    layout: Layout, entries: list[Descriptor], marked: set[str], memo: Memo, dry_run: bool
+    layout: Layout,
+    entries: list[Descriptor],
+    marked: set[str],
+    memo: Memo | None,
+    dry_run: bool,
+    missing: set[str],
 ) -> list[str]:
     """Mark the signatures of kept manifests; untag the others (unless ``dry_run``)."""
     dropped = []
@@ -231,7 +310,7 @@ def _mark_signatures(
         if subject is None:
             continue
         if subject in marked:
-            _mark(layout, [entry.digest], marked, memo)
+            _mark(layout, [entry.digest], marked, memo, missing)
             continue
         dropped.append(entry.annotations[REF_ANNOTATION])
     if dropped and not dry_run:
@@ -268,8 +347,8 @@ def _children(layout: Layout, digest: str) -> list[str] | None:
         ) from e
 
 
-def _outside_roots(layout: Layout, dry_run: bool) -> tuple[list[outside.Root], dict[str, str]]:
-    """The recorded roots still in use, and the others (dropped unless ``dry_run``)."""
+def _outside_roots(layout: Layout) -> tuple[list[outside.Root], dict[str, str]]:
+    """The recorded roots still in use, and why each other one is stale (the caller drops it)."""
     try:
         records = outside.load_all(layout)
     except StoreError as e:
@@ -281,8 +360,6 @@ def _outside_roots(layout: Layout, dry_run: bool) -> tuple[list[outside.Root], d
             kept.append(root)
             continue
         dropped[str(root.path)] = reason
-        if not dry_run:
-            outside.remove(layout, root.path)
     return kept, dropped
 
 

@@ -52,9 +52,14 @@ class IndexFile:
         self._replace = replace
         self._cached: tuple[bytes, list[Descriptor]] | None = None
 
-    def entries(self) -> list[Descriptor]:
-        """Every entry, validated; StoreError sends the user to fsck when the file is damaged."""
-        data = self._read()
+    def read(self) -> bytes:
+        """The file's bytes, for a caller that keys something by them (gc's live set)."""
+        return self._read()
+
+    def entries(self, data: bytes | None = None) -> list[Descriptor]:
+        """Every entry (of ``data``, bytes :meth:`read` returned, else of the file now),
+        validated; StoreError sends the user to fsck when the file is damaged."""
+        data = self._read() if data is None else data
         if self._cached is None or self._cached[0] != data:
             try:
                 parsed = [Descriptor.from_json(m) for m in self._parse(data)["manifests"]]
@@ -150,6 +155,34 @@ class IndexFile:
             f"{self.path} is damaged ({error}); run `imagekit fsck`, then restore it "
             "from a backup or re-tag your images"
         )
+
+
+def append_point(data: bytes) -> int | None:
+    """Where a tag appends its line to ``data``: the length of everything before the tail
+    (None: ``data`` is not in imagekit's form)."""
+    return len(data) - len(_TAIL) if _line_form(data) else None
+
+
+def appended(data: bytes, point: int) -> list[Descriptor] | None:
+    """The entries ``data`` gained after ``point`` (an :func:`append_point` of an earlier file
+    whose first ``point`` bytes ``data`` starts with, as the caller checked): what tags since
+    added, when that is all that changed. None when ``data`` is not in line form, ``point``
+    is not at the end of an entry, or a new line does not parse.
+    """
+    if not _line_form(data) or not len(_HEAD) <= point <= len(data) - len(_TAIL):
+        return None
+    added = data[point : len(data) - len(_TAIL)]
+    if point > len(_HEAD) and added:  # the file had entries: the new ones follow a separator
+        if not added.startswith(_SEPARATOR):
+            return None
+        added = added[len(_SEPARATOR) :]
+    lines = _lines(_HEAD + added + _TAIL)
+    if lines is None:
+        return None
+    try:
+        return [Descriptor.from_json(json.loads(line)) for line in lines]
+    except (ValueError, StoreError):
+        return None
 
 
 def _line(entry: dict[str, Any]) -> bytes:

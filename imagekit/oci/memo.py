@@ -6,16 +6,28 @@ size and verification; gc: the digests a blob keeps alive). One JSON file per me
 ``cache/`` maps a blob's digest to that value; it is loaded whole and written by temp + rename.
 A memo is never the only copy of anything: a missing, damaged or unwritable one is rebuilt
 from the blobs, and a value of the wrong shape is read from the blob again.
+
+gc also keeps its last live set (:class:`LiveSet`, ``cache/memo-gc-live``): unlike the facts of
+blobs it holds only while what it was marked from is unchanged, so it records that (index.json's
+hash, the other roots) and gc checks it before use (oci.gc). One JSON header line (carrying the
+body's sha256), then one digest per line: a truncated or damaged file fails the hash and is
+ignored, and loading it costs a hash and a split, not a JSON parse of 30,000 entries.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 from imagekit.core import atomic
+from imagekit.core.digest import sha256_bytes
 from imagekit.oci.layout import Layout
+
+_LIVE_NAME = "memo-gc-live"
+_LIVE_VERSION = 1
+_LIVE_MAX = 256 << 20  # far beyond a million digests: a bigger file is not ours
 
 
 class Memo:
@@ -25,11 +37,17 @@ class Memo:
         self._layout = layout
         self._path = layout.cache_dir / f"memo-{name}.json"
         self._changed = False
-        try:
-            loaded = json.loads(self._path.read_bytes())
-        except (OSError, ValueError):
-            loaded = {}
-        self._values: dict[str, Any] = loaded if isinstance(loaded, dict) else {}
+        self._loaded: dict[str, Any] | None = None  # read on first use: a run may need none
+
+    @property
+    def _values(self) -> dict[str, Any]:
+        if self._loaded is None:
+            try:
+                loaded = json.loads(self._path.read_bytes())
+            except (OSError, ValueError):
+                loaded = {}
+            self._loaded = loaded if isinstance(loaded, dict) else {}
+        return self._loaded
 
     def get(self, digest: str) -> Any:
         """The value recorded for ``digest``, or None."""
@@ -44,10 +62,12 @@ class Memo:
 
         Best effort: a store this user may only read (a group member) keeps no memo.
         """
+        if self._loaded is None:
+            return  # never read, so nothing changed
         if keep is not None:
             wanted = keep if isinstance(keep, (set, frozenset, dict)) else set(keep)
             if any(d not in wanted for d in self._values):
-                self._values = {d: v for d, v in self._values.items() if d in wanted}
+                self._loaded = {d: v for d, v in self._values.items() if d in wanted}
                 self._changed = True
         if not self._changed:
             return
@@ -58,3 +78,71 @@ class Memo:
         except OSError:
             return
         self._changed = False
+
+
+@dataclass(frozen=True)
+class LiveSet:
+    """What one gc run marked, and what determined it (oci.gc computes and checks the keys).
+
+    ``roots`` identifies every root other than index.json (recorded outside roots, extra
+    roots); ``index`` is the sha256 of index.json's bytes; ``point`` is where the next tag
+    appends to them (oci.index.append_point; None: not in line form) and ``prefix`` the sha256
+    of the bytes before it, so a later index that only gained lines is recognised.
+    """
+
+    roots: str
+    index: str
+    point: int | None
+    prefix: str | None
+    digests: frozenset[str]
+
+    @classmethod
+    def load(cls, layout: Layout) -> LiveSet | None:
+        """The recorded live set, or None when there is none or it is damaged in any way."""
+        try:
+            with (layout.cache_dir / _LIVE_NAME).open("rb") as f:
+                data = f.read(_LIVE_MAX + 1)
+        except OSError:
+            return None
+        head, newline, body = data.partition(b"\n")
+        if not newline or len(data) > _LIVE_MAX:
+            return None
+        try:
+            header = json.loads(head)
+            if not isinstance(header, dict) or header.get("version") != _LIVE_VERSION:
+                return None
+            if header.get("body") != sha256_bytes(body):
+                return None
+            digests = frozenset(body.decode("ascii").split("\n")) if body else frozenset()
+            live = cls(header["roots"], header["index"], header["point"], header["prefix"], digests)
+        except (ValueError, KeyError, TypeError):
+            return None
+        if not (isinstance(live.roots, str) and isinstance(live.index, str)):
+            return None
+        point_ok = type(live.point) is int and isinstance(live.prefix, str)
+        if live.point is not None and not point_ok:
+            return None
+        return live if len(digests) == header.get("count") else None
+
+    def save(self, layout: Layout) -> None:
+        """Replace the recorded live set (best effort, as :meth:`Memo.save`)."""
+        if any("\n" in d or not d or not d.isascii() for d in self.digests):
+            return  # not a digest: keep no record rather than one that reads back otherwise
+        body = "\n".join(self.digests).encode("ascii")
+        header = {
+            "version": _LIVE_VERSION,
+            "roots": self.roots,
+            "index": self.index,
+            "point": self.point,
+            "prefix": self.prefix,
+            "count": len(self.digests),
+            "body": sha256_bytes(body),
+        }
+        data = json.dumps(header, sort_keys=True).encode() + b"\n" + body
+        try:
+            temp = layout.new_temp()
+            atomic.replace_file(
+                layout.cache_dir / _LIVE_NAME, data, temp=temp, mode=layout.access.file_mode
+            )
+        except OSError:
+            return
