@@ -87,26 +87,28 @@ def collect(
     with layout.exclusive_lock():
         data = layout.index_bytes()
         kept, dropped = _outside_roots(layout)
-        roots = _roots_key(kept, extra_roots)
+        others = _others_key(kept, extra_roots)
         last = LiveSet.load(layout) if policy is None else None
+        if last is not None and last.others != others:
+            last = None
+        index_digest = sha256_bytes(data)
         missing: set[str] = set()
         removed_refs: list[str] = []
         kept_refs: dict[str, str] = {}
-        index_digest = sha256_bytes(data)
-        same = last is not None and last.roots == roots and last.index == index_digest
-        added = None if same else _added(data, last, roots)
+        unsigned: list[str] = []
+        found = index.refs_and_digests(data) if last and last.index != index_digest else None
+        now = _roots(found) if found is not None else None
         marked: AbstractSet[str]
-        if same and last is not None:
-            marked, unsigned = last.digests, []  # nothing it was marked from changed
-        elif added is not None and last is not None:
-            # only refs were added since: mark from them on top of the last live set
-            images = [d.digest for d in added if _signed(d) is None]
-            grown = _mark(layout, images, set(last.digests), None, missing)
-            unsigned = _mark_signatures(layout, added, grown, None, dry_run, missing)
-            marked = grown
+        if last is not None and last.index == index_digest:
+            marked, roots = last.digests, last.roots  # index.json is as it was last marked
+        elif last is not None and found is not None and now is not None and now >= last.roots:
+            # refs were only added or moved: mark from the new roots on top of the last run's
+            added = now - last.roots
+            marked, unsigned = _mark_added(layout, found, added, last, dry_run, missing)
+            roots = now
         else:
             memo = Memo(layout, "gc-children")
-            marked, removed_refs, kept_refs, unsigned = _mark_all(
+            marked, removed_refs, kept_refs, unsigned, roots = _mark_all(
                 layout, data, kept, extra_roots, policy, memo, dry_run, missing
             )
             if not dry_run:
@@ -115,11 +117,9 @@ def collect(
             for path in dropped:
                 outside.remove(layout, Path(path))
         removed, freed = _sweep_blobs(layout, marked, dry_run)
-        changed = removed_refs or unsigned or missing or policy is not None
-        if not dry_run and not changed and not same:
-            point = index.append_point(data)
-            prefix = None if point is None else sha256_bytes(data[:point])
-            LiveSet(roots, index_digest, point, prefix, frozenset(marked)).save(layout)
+        changed = removed_refs or unsigned or missing or policy is not None or dry_run
+        if not changed and (last is None or roots != last.roots):
+            LiveSet(others, index_digest, roots, frozenset(marked)).save(layout)
         removed_temp, temp_bytes = _sweep_tmp(layout, remove_partial, dry_run)
         locks = _sweep_locks(layout, dry_run)
     return GcReport(
@@ -143,9 +143,10 @@ def _mark_all(
     memo: Memo,
     dry_run: bool,
     missing: set[str],
-) -> tuple[set[str], list[str], dict[str, str], list[str]]:
+) -> tuple[set[str], list[str], dict[str, str], list[str], frozenset[str]]:
     """The full mark from every entry of the index ``data``: the live set, the refs the policy
-    removed, why it kept the others, and the signature refs untagged."""
+    removed, why it kept the others, the signature refs untagged and the roots (see
+    :func:`_roots`) of the entries left."""
     entries = layout.entries(data)
     images = [d for d in entries if _signed(d) is None]
     chosen = retention.choose(_tagged(layout, images), policy) if policy else None
@@ -169,11 +170,12 @@ def _mark_all(
         layout.untag_all(removed_refs)
     gone = set(removed_refs)
     remaining = [d for d in entries if _ref(d) not in gone] if gone else entries
-    unsigned = _mark_signatures(layout, remaining, marked, memo, dry_run, missing)
-    return marked, removed_refs, kept_refs, unsigned
+    found = [(_ref(d), d.digest) for d in remaining]
+    unsigned = _mark_signatures(layout, found, marked, memo, dry_run, missing)
+    return marked, removed_refs, kept_refs, unsigned, _roots(found)
 
 
-def _roots_key(kept: list[outside.Root], extra_roots: Iterable[str]) -> str:
+def _others_key(kept: list[outside.Root], extra_roots: Iterable[str]) -> str:
     """What identifies every root besides index.json: a live set marked under another key
     is not reused."""
     recorded = sorted([root.manifest, *root.blobs] for root in kept)
@@ -181,14 +183,37 @@ def _roots_key(kept: list[outside.Root], extra_roots: Iterable[str]) -> str:
     return sha256_bytes(canonical_json({"recorded": recorded, "extra": extra}))
 
 
-def _added(data: bytes, last: LiveSet | None, roots: str) -> list[Descriptor] | None:
-    """The entries index ``data`` gained since ``last`` was marked, when gaining them is all
-    that changed (no ref removed or moved, the same other roots); None otherwise."""
-    if last is None or last.roots != roots or last.point is None or last.prefix is None:
-        return None
-    if last.point > len(data) or sha256_bytes(data[: last.point]) != last.prefix:
-        return None
-    return index.appended(data, last.point)
+def _roots(found: Iterable[tuple[str | None, str]]) -> frozenset[str]:
+    """What the live set depends on in index.json's entries (ref, digest): each image's
+    digest, each signature's digest with the digest it signs (it lives while that does).
+    Which ref names what does not matter, so a moved ref changes nothing."""
+    roots = set()
+    for ref, digest in found:
+        subject = _subject(ref) if ref is not None and ref.endswith(".sig") else None
+        roots.add(digest if subject is None else f"{digest} {subject}")
+    return frozenset(roots)
+
+
+def _mark_added(
+    layout: Layout,
+    found: list[tuple[str | None, str]],
+    added: frozenset[str],
+    last: LiveSet,
+    dry_run: bool,
+    missing: set[str],
+) -> tuple[AbstractSet[str], list[str]]:
+    """The live set of ``last`` plus what the ``added`` roots reach (a live set holds all
+    its members reach, so nothing else changes), and the new signature refs untagged."""
+    if not added:
+        return last.digests, []
+    images = [root for root in added if " " not in root]
+    marked = _mark(layout, images, set(last.digests), None, missing)
+    signatures = [
+        (ref, digest)
+        for ref, digest in found
+        if ref is not None and ref.endswith(".sig") and f"{digest} {_subject(ref)}" in added
+    ]
+    return marked, _mark_signatures(layout, signatures, marked, None, dry_run, missing)
 
 
 def _tagged(layout: Layout, images: list[Descriptor]) -> list[retention.Tagged]:
@@ -291,28 +316,34 @@ def _mark(
 
 def _signed(entry: Descriptor) -> str | None:
     """The manifest digest a signature entry signs (None: the entry is not a signature)."""
-    tag = entry.annotations.get(REF_ANNOTATION, "").partition(":")[2]
+    return _subject(_ref(entry))
+
+
+def _subject(ref: str | None) -> str | None:
+    """The manifest digest a signature's ref signs (None: not a signature's ref)."""
+    tag = (ref or "").partition(":")[2]
     return signed_digest(tag) if tag.endswith(".sig") else None
 
 
 def _mark_signatures(
     layout: Layout,
-    entries: list[Descriptor],
+    found: Iterable[tuple[str | None, str]],
     marked: set[str],
     memo: Memo | None,
     dry_run: bool,
     missing: set[str],
 ) -> list[str]:
-    """Mark the signatures of kept manifests; untag the others (unless ``dry_run``)."""
+    """Mark the signatures (of the entries ``found``: ref, digest) of kept manifests; untag
+    the others (unless ``dry_run``)."""
     dropped = []
-    for entry in entries:
-        subject = _signed(entry)
-        if subject is None:
+    for ref, digest in found:
+        subject = _subject(ref)
+        if subject is None or ref is None:
             continue
         if subject in marked:
-            _mark(layout, [entry.digest], marked, memo, missing)
+            _mark(layout, [digest], marked, memo, missing)
             continue
-        dropped.append(entry.annotations[REF_ANNOTATION])
+        dropped.append(ref)
     if dropped and not dry_run:
         layout.untag_all(dropped)
     return dropped

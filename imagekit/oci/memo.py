@@ -82,18 +82,17 @@ class Memo:
 
 @dataclass(frozen=True)
 class LiveSet:
-    """What one gc run marked, and what determined it (oci.gc computes and checks the keys).
+    """What one gc run marked, and what it marked from (oci.gc computes and compares them).
 
-    ``roots`` identifies every root other than index.json (recorded outside roots, extra
-    roots); ``index`` is the sha256 of index.json's bytes; ``point`` is where the next tag
-    appends to them (oci.index.append_point; None: not in line form) and ``prefix`` the sha256
-    of the bytes before it, so a later index that only gained lines is recognised.
+    ``others`` identifies the roots besides index.json (recorded outside roots, extra roots);
+    ``index`` is the sha256 of index.json's bytes; ``roots`` what gc marked from in them
+    (oci.gc: each image's digest, each signature's with the digest it signs); ``digests``
+    everything marked.
     """
 
-    roots: str
+    others: str
     index: str
-    point: int | None
-    prefix: str | None
+    roots: frozenset[str]
     digests: frozenset[str]
 
     @classmethod
@@ -113,28 +112,33 @@ class LiveSet:
                 return None
             if header.get("body") != sha256_bytes(body):
                 return None
-            digests = frozenset(body.decode("ascii").split("\n")) if body else frozenset()
-            live = cls(header["roots"], header["index"], header["point"], header["prefix"], digests)
+            lines = body.decode("ascii").split("\n") if body else []
+            roots, count = header["roots"], header["count"]
+            if not (type(roots) is int and type(count) is int and roots + count == len(lines)):
+                return None
+            live = cls(
+                header["others"],
+                header["index"],
+                frozenset(lines[:roots]),
+                frozenset(lines[roots:]),
+            )
         except (ValueError, KeyError, TypeError):
             return None
-        if not (isinstance(live.roots, str) and isinstance(live.index, str)):
+        if not (isinstance(live.others, str) and isinstance(live.index, str)):
             return None
-        point_ok = type(live.point) is int and isinstance(live.prefix, str)
-        if live.point is not None and not point_ok:
-            return None
-        return live if len(digests) == header.get("count") else None
+        return live if (len(live.roots), len(live.digests)) == (roots, count) else None
 
     def save(self, layout: Layout) -> None:
         """Replace the recorded live set (best effort, as :meth:`Memo.save`)."""
-        if any("\n" in d or not d or not d.isascii() for d in self.digests):
-            return  # not a digest: keep no record rather than one that reads back otherwise
-        body = "\n".join(self.digests).encode("ascii")
+        lines = [*self.roots, *self.digests]
+        if any("\n" in line or not line or not line.isascii() for line in lines):
+            return  # not what gc marks: keep no record rather than one that reads back otherwise
+        body = "\n".join(lines).encode("ascii")
         header = {
             "version": _LIVE_VERSION,
-            "roots": self.roots,
+            "others": self.others,
             "index": self.index,
-            "point": self.point,
-            "prefix": self.prefix,
+            "roots": len(self.roots),
             "count": len(self.digests),
             "body": sha256_bytes(body),
         }
