@@ -47,6 +47,9 @@ from imagekit.oci.memo import LiveSet, Memo
 _MANIFEST_MAX = 4 << 20  # a JSON blob bigger than this is not a manifest worth parsing in gc
 _TEMP_RE = re.compile(r"new-(\d+)-.*", re.DOTALL)
 BLOB_NAME = re.compile(r"[0-9a-f]{64}")
+# A live set is rewritten once the blobs marked on top of it exceed this share of it (1/N):
+# fewer are read again by the next run for less than rewriting 30,000 digests costs.
+_REMARK_SHARE = 100
 
 
 @dataclass(frozen=True)
@@ -98,27 +101,31 @@ def collect(
         unsigned: list[str] = []
         found = index.refs_and_digests(data) if last and last.index != index_digest else None
         now = _roots(found) if found is not None else None
+        memo = Memo(layout, "gc-children")  # the edges of blobs, read only by a full mark
         marked: AbstractSet[str]
         if last is not None and last.index == index_digest:
             marked, roots = last.digests, last.roots  # index.json is as it was last marked
+            record = False
         elif last is not None and found is not None and now is not None and now >= last.roots:
             # refs were only added or moved: mark from the new roots on top of the last run's
             added = now - last.roots
             marked, unsigned = _mark_added(layout, found, added, last, dry_run, missing)
             roots = now
+            # re-marking a few new blobs next time costs less than rewriting the record now
+            record = len(marked) - len(last.digests) > len(last.digests) // _REMARK_SHARE
         else:
-            memo = Memo(layout, "gc-children")
             marked, removed_refs, kept_refs, unsigned, roots = _mark_all(
                 layout, data, kept, extra_roots, policy, memo, dry_run, missing
             )
-            if not dry_run:
-                memo.save(keep=marked)
+            record = True
         if not dry_run:
             for path in dropped:
                 outside.remove(layout, Path(path))
         removed, freed = _sweep_blobs(layout, marked, dry_run)
+        if not dry_run:
+            memo.save(keep=marked)  # a no-op unless the full mark read it
         changed = removed_refs or unsigned or missing or policy is not None or dry_run
-        if not changed and (last is None or roots != last.roots):
+        if record and not changed:
             LiveSet(others, index_digest, roots, frozenset(marked)).save(layout)
         removed_temp, temp_bytes = _sweep_tmp(layout, remove_partial, dry_run)
         locks = _sweep_locks(layout, dry_run)
