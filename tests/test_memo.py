@@ -280,3 +280,19 @@ def test_refs_and_digests_reads_what_gc_needs_or_nothing() -> None:
     assert index.refs_and_digests(bad) is None
     assert index.refs_and_digests(b"{not json") is None
     assert index.refs_and_digests(b'{"schemaVersion": 2, "manifests": {}}') is None
+
+
+def test_a_dry_run_or_a_retention_policy_uses_no_live_set_it_cannot_keep(store: Store) -> None:
+    for n in range(3):
+        image(store, f"m:{n}", n)
+    store.gc()
+    recorded = live_memo(store).read_bytes()
+    loose = store.add_bytes(b"loose", MEDIA_DISK_RAW)
+    assert store.gc(dry_run=True).removed_blobs == [loose.digest]
+    assert store.has_blob(loose.digest)
+    report = store.gc(keep_last=1)  # the policy's choice is marked in full, as ever
+    assert len(report.removed_refs) == 2
+    assert len(report.removed_blobs) == 1 + 3 * 2
+    assert all(store.has_blob(d) for d in reachable(store))
+    assert live_memo(store).read_bytes() == recorded  # not rewritten by either run
+    gc_removes_exactly(store, set())  # the record's index is gone: a full mark, nothing to do

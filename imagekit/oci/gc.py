@@ -9,10 +9,25 @@ between adding blobs and tagging them. Lock files nobody holds go too. A signatu
 At scale (10,000 images) what cost was reading every reachable blob on every run. What a blob
 keeps alive is a fact of its bytes, which never change, so the edges are kept in a memo
 (oci.memo, ``cache/memo-gc-children.json``) and a run reads only blobs it has not seen: the
-mark is then a walk in memory, the sweep one ``scandir``. A memo of edges, not of marks or
-reference counts, because it cannot go stale: a mark file or counts would have to change with
-every tag, untag and build, in step with index.json, and a crash between the two would make gc
-remove a live blob. A lost or damaged memo only costs the reads again.
+mark is then a walk in memory, the sweep one ``scandir``. A lost or damaged memo only costs the
+reads again.
+
+A run with nothing new to mark then still parsed every entry and walked 30,000 edges, so gc
+also records its live set with what it was marked from (oci.memo.LiveSet,
+``cache/memo-gc-live``): index.json's hash, its roots (each image's digest, each signature's
+with its subject; not which ref names what) and a key of every other root (recorded outside
+roots, extra roots). A record is reused only when those match: the same index.json bytes, no
+parse at all; the same roots (a ref moved or renamed), a read of the index without building
+Descriptors; more roots (refs added), a mark from the new ones on top of it, since a live set
+holds everything its members reach. A root gone, another outside root or extra root, a
+retention policy, a damaged record: the full mark, from the edges. A record is written after
+the sweep of a full mark, or of a grown one once its new blobs pass 1% of the record (marking
+fewer again next time costs less than rewriting 30,000 digests), and only when the run untagged
+nothing and met no missing blob (a manifest that arrives later would reach what that mark could
+not know). So a kill anywhere leaves the last record, keyed by what it was marked from. These
+are no mark counts that must follow every tag in step with index.json: a tag or untag makes the
+key differ, so a stale record is never used. Like the edge memo it is trusted once its hash
+holds: only the store's owner writes ``cache/``.
 
 With a retention policy (``gc --keep-last N``, oci.retention) gc first chooses, under the same
 lock, the tags that go; a chosen tag whose image a kept image is built on, or a file outside the

@@ -9,9 +9,10 @@ from the blobs, and a value of the wrong shape is read from the blob again.
 
 gc also keeps its last live set (:class:`LiveSet`, ``cache/memo-gc-live``): unlike the facts of
 blobs it holds only while what it was marked from is unchanged, so it records that (index.json's
-hash, the other roots) and gc checks it before use (oci.gc). One JSON header line (carrying the
-body's sha256), then one digest per line: a truncated or damaged file fails the hash and is
-ignored, and loading it costs a hash and a split, not a JSON parse of 30,000 entries.
+hash, the roots it names, a key of the other roots) and gc compares before use (oci.gc). One
+JSON header line (counts, the body's sha256), then one root and one digest per line: a
+truncated or damaged file fails the hash or the counts and is ignored, and loading it costs a
+hash and a split, not a JSON parse of 30,000 entries.
 """
 
 from __future__ import annotations
