@@ -7,13 +7,15 @@ what the blobs say.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
-from imagekit.oci import index
+from imagekit.oci import gc, index
 from imagekit.oci.descriptor import Descriptor
 from imagekit.oci.media import MEDIA_DISK_RAW, MEDIA_MANIFEST, REF_ANNOTATION, signature_tag
+from imagekit.oci.memo import LiveSet
 from imagekit.store import Store
 
 
@@ -296,3 +298,49 @@ def test_a_dry_run_or_a_retention_policy_uses_no_live_set_it_cannot_keep(store: 
     assert all(store.has_blob(d) for d in reachable(store))
     assert live_memo(store).read_bytes() == recorded  # not rewritten by either run
     gc_removes_exactly(store, set())  # the record's index is gone: a full mark, nothing to do
+
+
+def settled_gc(store: Store) -> None:
+    """A gc whose look at blobs/ comes well after its last change, so the next may trust it."""
+    store.gc()
+    time.sleep(0.15)
+    store.gc()
+
+
+def test_nothing_added_and_the_same_roots_skip_the_mark_and_the_sweep(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(3):
+        image(store, f"m:{n}", n)
+    settled_gc(store)
+    store.tag("m:0", store.resolve("m:0"))  # a moved ref: the same roots
+    with monkeypatch.context() as patched:
+        patched.setattr(LiveSet, "load", lambda *args: pytest.fail("loaded the live set"))
+        patched.setattr(gc, "_sweep_blobs", lambda *args: pytest.fail("listed blobs/"))
+        assert store.gc().removed_blobs == []
+    loose = store.add_bytes(b"loose", MEDIA_DISK_RAW)  # blobs/ changed: listed again
+    gc_removes_exactly(store, {loose.digest})
+    settled_gc(store)
+    gone = blobs_of(store, store.resolve("m:1").digest)
+    store.remove("m:1")  # blobs/ as the last sweep left it, but a root fewer
+    gc_removes_exactly(store, gone)
+
+
+@pytest.mark.parametrize("damage", ["none", "garbage", "other-blobs", "gone"])
+def test_a_damaged_sweep_record_costs_a_sweep_never_a_live_blob(store: Store, damage: str) -> None:
+    for n in range(3):
+        image(store, f"m:{n}", n)
+    settled_gc(store)
+    record = store.cache_dir / "memo-gc-swept"
+    obj = json.loads(record.read_text())
+    if damage == "gone":
+        record.unlink()
+    elif damage == "none":
+        pass  # blobs/ as it left it, the roots not: a ref fewer
+    elif damage == "garbage":
+        record.write_text('{"version": 1, "blobs": "all"')
+    else:
+        record.write_text(json.dumps({**obj, "blobs": [0, 0, 0]}))
+    gone = blobs_of(store, store.resolve("m:2").digest)
+    store.remove("m:2")
+    gc_removes_exactly(store, gone)

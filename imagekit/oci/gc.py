@@ -29,6 +29,14 @@ are no mark counts that must follow every tag in step with index.json: a tag or 
 key differ, so a stale record is never used. Like the edge memo it is trusted once its hash
 holds: only the store's owner writes ``cache/``.
 
+Last, each sweep notes what it left (oci.memo.Swept, ``cache/memo-gc-swept``): ``blobs/``'s
+device, inode and mtime, with the live set's keys. When the next run finds ``blobs/`` unchanged
+(no blob added or removed since) and the same roots, nothing can be unmarked, so it neither
+loads the live set nor lists ``blobs/``. Skipping a sweep can only leave garbage, never remove
+a blob; a look at ``blobs/`` within 0.1 s of its last change is not trusted, so a change in the
+same timestamp tick is not missed on Linux's millisecond clocks (on a filesystem with 1 s
+timestamps a blob added in that second waits for a later sweep).
+
 With a retention policy (``gc --keep-last N``, oci.retention) gc first chooses, under the same
 lock, the tags that go; a chosen tag whose image a kept image is built on, or a file outside the
 store backs onto, stays tagged. Then it marks and sweeps as ever, so everything a kept image's
@@ -41,6 +49,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -57,7 +66,7 @@ from imagekit.oci import index, retention
 from imagekit.oci import roots as outside
 from imagekit.oci.layout import Descriptor, Layout, check_digest, manifest_descriptors, parents
 from imagekit.oci.media import MEDIA_INDEX, MEDIA_MANIFEST, REF_ANNOTATION, signed_digest
-from imagekit.oci.memo import LiveSet, Memo
+from imagekit.oci.memo import LiveSet, Memo, Swept
 
 _MANIFEST_MAX = 4 << 20  # a JSON blob bigger than this is not a manifest worth parsing in gc
 _TEMP_RE = re.compile(r"new-(\d+)-.*", re.DOTALL)
@@ -65,6 +74,9 @@ BLOB_NAME = re.compile(r"[0-9a-f]{64}")
 # A live set is rewritten once the blobs marked on top of it exceed this share of it (1/N):
 # fewer are read again by the next run for less than rewriting 30,000 digests costs.
 _REMARK_SHARE = 100
+# blobs/ looked at within this of its last change may change again in the same timestamp tick
+# (coarse kernel clocks: milliseconds on ext4, xfs, btrfs, tmpfs): such a look is not trusted.
+_RACY_NS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -106,10 +118,15 @@ def collect(
         data = layout.index_bytes()
         kept, dropped = _outside_roots(layout)
         others = _others_key(kept, extra_roots)
+        index_digest = sha256_bytes(data)
+        if policy is None and _swept_since(layout, others, index_digest, data):
+            _sweep_roots(layout, dropped, dry_run)
+            removed_temp, temp_bytes = _sweep_tmp(layout, remove_partial, dry_run)
+            locks = _sweep_locks(layout, dry_run)
+            return GcReport([], temp_bytes, removed_temp, locks, dropped)
         last = LiveSet.load(layout) if policy is None else None
         if last is not None and last.others != others:
             last = None
-        index_digest = sha256_bytes(data)
         missing: set[str] = set()
         removed_refs: list[str] = []
         kept_refs: dict[str, str] = {}
@@ -133,15 +150,16 @@ def collect(
                 layout, data, kept, extra_roots, policy, memo, dry_run, missing
             )
             record = True
-        if not dry_run:
-            for path in dropped:
-                outside.remove(layout, Path(path))
+        _sweep_roots(layout, dropped, dry_run)
         removed, freed = _sweep_blobs(layout, marked, dry_run)
         if not dry_run:
             memo.save(keep=marked)  # a no-op unless the full mark read it
         changed = removed_refs or unsigned or missing or policy is not None or dry_run
         if record and not changed:
             LiveSet(others, index_digest, roots, frozenset(marked)).save(layout)
+        if not changed:
+            seen = time.time_ns()
+            Swept(others, index_digest, _digest_of(roots), _blobs_state(layout), seen).save(layout)
         removed_temp, temp_bytes = _sweep_tmp(layout, remove_partial, dry_run)
         locks = _sweep_locks(layout, dry_run)
     return GcReport(
@@ -195,6 +213,37 @@ def _mark_all(
     found = [(_ref(d), d.digest) for d in remaining]
     unsigned = _mark_signatures(layout, found, marked, memo, dry_run, missing)
     return marked, removed_refs, kept_refs, unsigned, _roots(found)
+
+
+def _swept_since(layout: Layout, others: str, index_digest: str, data: bytes) -> bool:
+    """Whether nothing can be unmarked since the last sweep: ``blobs/`` is as that sweep left
+    it (no blob added or removed: its mtime, looked at long enough after it last changed that a
+    later change would move it) and the live set's keys are the same (index.json's roots)."""
+    swept = Swept.load(layout)
+    if swept is None or swept.others != others or swept.seen_ns - swept.blobs[2] < _RACY_NS:
+        return False
+    if _blobs_state(layout) != swept.blobs:
+        return False
+    if swept.index == index_digest:
+        return True
+    found = index.refs_and_digests(data)
+    return found is not None and _digest_of(_roots(found)) == swept.roots
+
+
+def _blobs_state(layout: Layout) -> tuple[int, int, int]:
+    st = os.stat(layout.blobs_dir)
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def _digest_of(roots: AbstractSet[str]) -> str:
+    return sha256_bytes("\n".join(sorted(roots)).encode())
+
+
+def _sweep_roots(layout: Layout, dropped: dict[str, str], dry_run: bool) -> None:
+    """Forget the outside roots found stale (unless ``dry_run``)."""
+    if not dry_run:
+        for path in dropped:
+            outside.remove(layout, Path(path))
 
 
 def _others_key(kept: list[outside.Root], extra_roots: Iterable[str]) -> str:

@@ -12,14 +12,15 @@ blobs it holds only while what it was marked from is unchanged, so it records th
 hash, the roots it names, a key of the other roots) and gc compares before use (oci.gc). One
 JSON header line (counts, the body's sha256), then one root and one digest per line: a
 truncated or damaged file fails the hash or the counts and is ignored, and loading it costs a
-hash and a split, not a JSON parse of 30,000 entries.
+hash and a split, not a JSON parse of 30,000 entries. :class:`Swept` (``cache/memo-gc-swept``)
+notes what gc's last sweep left of ``blobs/``, so a run that finds nothing changed lists nothing.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from imagekit.core import atomic
@@ -29,6 +30,8 @@ from imagekit.oci.layout import Layout
 _LIVE_NAME = "memo-gc-live"
 _LIVE_VERSION = 1
 _LIVE_MAX = 256 << 20  # far beyond a million digests: a bigger file is not ours
+_SWEPT_NAME = "memo-gc-swept"
+_SWEPT_MAX = 4 << 10
 
 
 class Memo:
@@ -148,6 +151,52 @@ class LiveSet:
             temp = layout.new_temp()
             atomic.replace_file(
                 layout.cache_dir / _LIVE_NAME, data, temp=temp, mode=layout.access.file_mode
+            )
+        except OSError:
+            return
+
+
+@dataclass(frozen=True)
+class Swept:
+    """What gc's last sweep left: ``blobs/`` as it was just after it (device, inode, mtime in
+    ns), read ``seen_ns`` after its last change, with the live set's keys (``others``,
+    ``index``, a digest of its ``roots``). A small file, written after every sweep."""
+
+    others: str
+    index: str
+    roots: str
+    blobs: tuple[int, int, int]
+    seen_ns: int
+
+    @classmethod
+    def load(cls, layout: Layout) -> Swept | None:
+        """The record of the last sweep, or None when there is none or it is damaged."""
+        try:
+            obj = json.loads((layout.cache_dir / _SWEPT_NAME).read_bytes()[:_SWEPT_MAX])
+            fields = [obj[k] for k in ("others", "index", "roots", "blobs", "seen_ns")]
+            if obj.get("version") != _LIVE_VERSION:
+                return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        others, index, roots, blobs, seen = fields
+        if not all(isinstance(v, str) for v in (others, index, roots)):
+            return None
+        if not (isinstance(blobs, list) and len(blobs) == 3 and type(seen) is int):
+            return None
+        if not all(type(v) is int for v in blobs):
+            return None
+        return cls(others, index, roots, (blobs[0], blobs[1], blobs[2]), seen)
+
+    def save(self, layout: Layout) -> None:
+        """Replace the record (best effort, as :meth:`Memo.save`)."""
+        obj = {"version": _LIVE_VERSION, **asdict(self), "blobs": list(self.blobs)}
+        try:
+            temp = layout.new_temp()
+            atomic.replace_file(
+                layout.cache_dir / _SWEPT_NAME,
+                json.dumps(obj, sort_keys=True).encode(),
+                temp=temp,
+                mode=layout.access.file_mode,
             )
         except OSError:
             return

@@ -233,6 +233,8 @@ def assert_holds_exactly_what_refs_reach(store: Store) -> None:
         # recorded is of the older index, which still had the removed ref
         ("imagekit.oci.memo:LiveSet.save:before", False),
         ("imagekit.oci.memo:LiveSet.save:after", False),
+        # ... and before it records what the sweep left of blobs/
+        ("imagekit.oci.memo:Swept.save:before", False),
     ],
 )
 def test_kill_gc_between_the_index_and_its_live_set(
