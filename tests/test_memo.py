@@ -282,6 +282,10 @@ def test_refs_and_digests_reads_what_gc_needs_or_nothing() -> None:
     assert index.refs_and_digests(bad) is None
     assert index.refs_and_digests(b"{not json") is None
     assert index.refs_and_digests(b'{"schemaVersion": 2, "manifests": {}}') is None
+    swapped = index.encode([untagged.to_json(), entry.to_json()])
+    assert index.lines_digest(swapped) == index.lines_digest(data) is not None
+    assert index.lines_digest(index.encode([entry.to_json()])) != index.lines_digest(data)
+    assert index.lines_digest(reformed) is None
 
 
 def test_a_dry_run_or_a_retention_policy_uses_no_live_set_it_cannot_keep(store: Store) -> None:
@@ -317,6 +321,7 @@ def test_nothing_added_and_the_same_roots_skip_the_mark_and_the_sweep(
     with monkeypatch.context() as patched:
         patched.setattr(LiveSet, "load", lambda *args: pytest.fail("loaded the live set"))
         patched.setattr(gc, "_sweep_blobs", lambda *args: pytest.fail("listed blobs/"))
+        patched.setattr(index, "refs_and_digests", lambda *args: pytest.fail("parsed the index"))
         assert store.gc().removed_blobs == []
     loose = store.add_bytes(b"loose", MEDIA_DISK_RAW)  # blobs/ changed: listed again
     gc_removes_exactly(store, {loose.digest})

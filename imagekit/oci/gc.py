@@ -158,8 +158,10 @@ def collect(
         if record and not changed:
             LiveSet(others, index_digest, roots, frozenset(marked)).save(layout)
         if not changed:
+            entries, roots_digest = index.lines_digest(data), _digest_of(roots)
             seen = time.time_ns()
-            Swept(others, index_digest, _digest_of(roots), _blobs_state(layout), seen).save(layout)
+            blobs = _blobs_state(layout)
+            Swept(others, index_digest, entries, roots_digest, blobs, seen).save(layout)
         removed_temp, temp_bytes = _sweep_tmp(layout, remove_partial, dry_run)
         locks = _sweep_locks(layout, dry_run)
     return GcReport(
@@ -226,6 +228,8 @@ def _swept_since(layout: Layout, others: str, index_digest: str, data: bytes) ->
         return False
     if swept.index == index_digest:
         return True
+    if swept.entries is not None and index.lines_digest(data) == swept.entries:
+        return True  # the same entries, in another order (a ref retagged to what it named)
     found = index.refs_and_digests(data)
     return found is not None and _digest_of(_roots(found)) == swept.roots
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
+from imagekit.core.digest import sha256_bytes
 from imagekit.core.locking import FileLock
 from imagekit.core.refs import DIGEST_RE
 from imagekit.errors import StoreError
@@ -157,6 +158,16 @@ class IndexFile:
             f"{self.path} is damaged ({error}); run `imagekit fsck`, then restore it "
             "from a backup or re-tag your images"
         )
+
+
+def lines_digest(data: bytes) -> str | None:
+    """A digest of the entries of ``data`` in imagekit's form, whatever their order (None: in
+    another form). A retag of a ref to the manifest it named moves its line and changes the
+    bytes, not this: a caller keyed by the entries (gc) compares it without parsing them."""
+    lines = _lines(data)
+    if lines is None:
+        return None
+    return sha256_bytes(b"\n".join(sorted(lines)))
 
 
 def refs_and_digests(data: bytes) -> list[tuple[str | None, str]] | None:

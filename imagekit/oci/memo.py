@@ -160,10 +160,12 @@ class LiveSet:
 class Swept:
     """What gc's last sweep left: ``blobs/`` as it was just after it (device, inode, mtime in
     ns), read ``seen_ns`` after its last change, with the live set's keys (``others``,
-    ``index``, a digest of its ``roots``). A small file, written after every sweep."""
+    ``index``, ``entries``: oci.index.lines_digest, a digest of its ``roots``). A small file,
+    written after every sweep."""
 
     others: str
     index: str
+    entries: str | None
     roots: str
     blobs: tuple[int, int, int]
     seen_ns: int
@@ -173,19 +175,21 @@ class Swept:
         """The record of the last sweep, or None when there is none or it is damaged."""
         try:
             obj = json.loads((layout.cache_dir / _SWEPT_NAME).read_bytes()[:_SWEPT_MAX])
-            fields = [obj[k] for k in ("others", "index", "roots", "blobs", "seen_ns")]
+            fields = [obj[k] for k in ("others", "index", "entries", "roots", "blobs", "seen_ns")]
             if obj.get("version") != _LIVE_VERSION:
                 return None
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        others, index, roots, blobs, seen = fields
+        others, index, entries, roots, blobs, seen = fields
         if not all(isinstance(v, str) for v in (others, index, roots)):
+            return None
+        if not (entries is None or isinstance(entries, str)):
             return None
         if not (isinstance(blobs, list) and len(blobs) == 3 and type(seen) is int):
             return None
         if not all(type(v) is int for v in blobs):
             return None
-        return cls(others, index, roots, (blobs[0], blobs[1], blobs[2]), seen)
+        return cls(others, index, entries, roots, (blobs[0], blobs[1], blobs[2]), seen)
 
     def save(self, layout: Layout) -> None:
         """Replace the record (best effort, as :meth:`Memo.save`)."""
