@@ -32,10 +32,12 @@ holds: only the store's owner writes ``cache/``.
 Last, each sweep notes what it left (oci.memo.Swept, ``cache/memo-gc-swept``): ``blobs/``'s
 device, inode and mtime, with the live set's keys. When the next run finds ``blobs/`` unchanged
 (no blob added or removed since) and the same roots, nothing can be unmarked, so it neither
-loads the live set nor lists ``blobs/``. Skipping a sweep can only leave garbage, never remove
-a blob; a look at ``blobs/`` within 0.1 s of its last change is not trusted, so a change in the
-same timestamp tick is not missed on Linux's millisecond clocks (on a filesystem with 1 s
-timestamps a blob added in that second waits for a later sweep).
+loads the live set nor lists ``blobs/``; the same roots are known without a parse when the
+index's bytes, or its entry lines in any order (a ref retagged to what it named), are the
+same. Skipping a sweep can only leave garbage, never remove a blob; a look at ``blobs/``
+within 0.1 s of its last change is not trusted, so a change in the same timestamp tick is not
+missed on Linux's millisecond clocks (on a filesystem with 1 s timestamps a blob added in that
+second waits for a later sweep).
 
 With a retention policy (``gc --keep-last N``, oci.retention) gc first chooses, under the same
 lock, the tags that go; a chosen tag whose image a kept image is built on, or a file outside the
