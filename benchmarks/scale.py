@@ -15,10 +15,11 @@ included; the code byte-compiled first), on each store size:
   inspect   ``imagekit inspect nNNNN:T --json``
   tag       one ``Store.tag`` through the API, in process (the CLI has no tag command)
   fsck      ``imagekit fsck --json`` (rehashes every blob: it grows with the bytes stored)
-  gc-0      ``imagekit gc --json`` with nothing to remove
+  gc-0      ``imagekit gc --json`` with nothing to remove (after the round's tag: a moved ref)
   gc-10     ``imagekit gc --json`` after ten images were untagged (30 blobs to remove)
   import    ``imagekit import DISK --name ...``: one more image
-  */api     images, inspect and gc-0 through the API in this process, on a fresh Store
+  */api     images, inspect and gc-0 through the API in this process, on a fresh Store (gc-0/api
+            after the round's import: a new ref to mark, new blobs to list)
 
 Targets at 10,000 refs: images < 1 s, warm pull and inspect < 0.3 s, a tag < 0.1 s, and gc
 growing with what it removes rather than with the store: gc-0 at 10k within 1.5x of gc-0 at 1k

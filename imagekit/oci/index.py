@@ -21,7 +21,9 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
+from imagekit.core.digest import sha256_bytes
 from imagekit.core.locking import FileLock
+from imagekit.core.refs import DIGEST_RE
 from imagekit.errors import StoreError
 from imagekit.oci.descriptor import Descriptor
 from imagekit.oci.media import MEDIA_INDEX, REF_ANNOTATION
@@ -32,6 +34,7 @@ _INDENT = b"    "
 _SEPARATOR = b",\n"
 _REF = re.compile(rb'"' + re.escape(REF_ANNOTATION.encode()) + rb'": "([^"\\]*)"')
 _FIELDS = {"schemaVersion", "mediaType", "manifests"}
+_DIGEST = re.compile(DIGEST_RE)
 
 
 def empty() -> bytes:
@@ -52,9 +55,14 @@ class IndexFile:
         self._replace = replace
         self._cached: tuple[bytes, list[Descriptor]] | None = None
 
-    def entries(self) -> list[Descriptor]:
-        """Every entry, validated; StoreError sends the user to fsck when the file is damaged."""
-        data = self._read()
+    def read(self) -> bytes:
+        """The file's bytes, for a caller that keys something by them (gc's live set)."""
+        return self._read()
+
+    def entries(self, data: bytes | None = None) -> list[Descriptor]:
+        """Every entry (of ``data``, bytes :meth:`read` returned, else of the file now),
+        validated; StoreError sends the user to fsck when the file is damaged."""
+        data = self._read() if data is None else data
         if self._cached is None or self._cached[0] != data:
             try:
                 parsed = [Descriptor.from_json(m) for m in self._parse(data)["manifests"]]
@@ -150,6 +158,40 @@ class IndexFile:
             f"{self.path} is damaged ({error}); run `imagekit fsck`, then restore it "
             "from a backup or re-tag your images"
         )
+
+
+def lines_digest(data: bytes) -> str | None:
+    """A digest of the entries of ``data`` in imagekit's form, whatever their order (None: in
+    another form). A retag of a ref to the manifest it named moves its line and changes the
+    bytes, not this: a caller keyed by the entries (gc) compares it without parsing them."""
+    lines = _lines(data)
+    if lines is None:
+        return None
+    return sha256_bytes(b"\n".join(sorted(lines)))
+
+
+def refs_and_digests(data: bytes) -> list[tuple[str | None, str]] | None:
+    """Each entry's ref (None: untagged) and digest, for a caller that needs no more (gc): no
+    Descriptor is built, so at 10,000 refs this costs a JSON parse, not a check of every field.
+    None when the file or an entry has another shape: :meth:`IndexFile.entries` says why.
+    """
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return None
+    manifests = obj.get("manifests") if isinstance(obj, dict) else None
+    if not isinstance(manifests, list) or obj.get("schemaVersion") != 2:
+        return None
+    found = []
+    is_digest = _DIGEST.fullmatch
+    for entry in manifests:
+        digest = entry.get("digest") if type(entry) is dict else None
+        if type(digest) is not str or not is_digest(digest):
+            return None
+        annotations = entry.get("annotations")
+        ref = annotations.get(REF_ANNOTATION) if type(annotations) is dict else None
+        found.append((ref if type(ref) is str else None, digest))
+    return found
 
 
 def _line(entry: dict[str, Any]) -> bytes:

@@ -323,9 +323,14 @@ class Layout:
                 "point IMAGEKIT_HOME at another directory"
             )
 
-    def entries(self) -> list[Descriptor]:
-        """Every index entry in the order tagged (a retag moves a ref to the end)."""
-        return self._index.entries()
+    def entries(self, data: bytes | None = None) -> list[Descriptor]:
+        """Every index entry in the order tagged (a retag moves a ref to the end); of ``data``,
+        bytes :meth:`index_bytes` returned, if given."""
+        return self._index.entries(data)
+
+    def index_bytes(self) -> bytes:
+        """index.json's bytes now: what gc keys its live set by (oci.gc)."""
+        return self._index.read()
 
     def _create_file(self, path: Path, data: bytes) -> None:
         """Create ``path`` with ``data`` unless it exists: link never clobbers a racing creator."""

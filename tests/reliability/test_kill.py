@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import imagekit
+from imagekit.oci.media import MEDIA_DISK_RAW, signature_tag
 from imagekit.store import Store
 from tests.conftest import REPO, Upstream, make_qcow2
 from tests.httpserver import LoopbackServer
@@ -205,6 +206,57 @@ def test_kill_gc_mid_sweep(tmp_path: Path, image_bytes: bytes) -> None:
         assert store.has_blob(kept.disk_digest)
         assert_consistent(store)
         figures.add("kill points: gc sweep")
+
+
+def stored_image(store: Store, ref: str, seed: int) -> str:
+    disk = store.add_bytes(bytes([seed]) * 4096, MEDIA_DISK_RAW)
+    manifest = store.write_manifest({"name": ref}, [disk])
+    store.tag(ref, manifest)
+    return manifest.digest
+
+
+def assert_holds_exactly_what_refs_reach(store: Store) -> None:
+    reached = set()
+    for _, entry in store.refs():
+        manifest = store.manifest(entry.digest)
+        reached |= {entry.digest, manifest["config"]["digest"]}
+        reached |= {layer["digest"] for layer in manifest["layers"]}
+    assert {"sha256:" + p.name for p in store.blobs_dir.iterdir()} == reached
+
+
+@pytest.mark.parametrize(
+    ("point", "signed"),
+    [
+        # gc untagged a signature whose image went (index.json written), then died: no sweep
+        ("imagekit.oci.layout:Layout.untag_all:after", True),
+        # gc swept for the new index.json and died before recording its live set: the one
+        # recorded is of the older index, which still had the removed ref
+        ("imagekit.oci.memo:LiveSet.save:before", False),
+        ("imagekit.oci.memo:LiveSet.save:after", False),
+        # ... and before it records what the sweep left of blobs/
+        ("imagekit.oci.memo:Swept.save:before", False),
+    ],
+)
+def test_kill_gc_between_the_index_and_its_live_set(
+    tmp_path: Path, point: str, signed: bool
+) -> None:
+    store = Store(tmp_path / "store")
+    images = [stored_image(store, f"m:{n}", n) for n in range(3)]
+    store.gc()  # records the live set of this index
+    store.remove("m:0")
+    if signed:
+        signature = store.write_manifest({"name": "signature"}, [])
+        store.tag(f"m:{signature_tag(images[0])}", signature)
+    run_killed({"op": "gc", "store": str(store.root), "call": point})
+    assert_consistent(store)
+    assert all(store.has_blob(d) for d in images[1:])
+    stored_image(store, "m:3", 3)  # the index gains a ref after the kill
+    loose = store.add_bytes(b"written, never tagged", MEDIA_DISK_RAW)
+    assert loose.digest in store.gc().removed_blobs
+    assert_holds_exactly_what_refs_reach(store)
+    assert store.gc().removed_blobs == []
+    assert_consistent(store)
+    figures.add("kill points: gc live set")
 
 
 @pytest.mark.parametrize(
