@@ -320,7 +320,7 @@ def test_nothing_added_and_the_same_roots_skip_the_mark_and_the_sweep(
     store.tag("m:0", store.resolve("m:0"))  # a moved ref: the same roots
     with monkeypatch.context() as patched:
         patched.setattr(LiveSet, "load", lambda *args: pytest.fail("loaded the live set"))
-        patched.setattr(gc, "_sweep_blobs", lambda *args: pytest.fail("listed blobs/"))
+        patched.setattr(gc, "sweep_blobs", lambda *args: pytest.fail("listed blobs/"))
         patched.setattr(index, "refs_and_digests", lambda *args: pytest.fail("parsed the index"))
         assert store.gc().removed_blobs == []
     loose = store.add_bytes(b"loose", MEDIA_DISK_RAW)  # blobs/ changed: listed again

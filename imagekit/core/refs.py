@@ -14,6 +14,7 @@ from imagekit.errors import RecipeError
 NAME_RE = r"[a-z0-9][a-z0-9._-]*"
 TAG_RE = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 DIGEST_RE = r"sha256:[0-9a-f]{64}"
+BLOB_NAME = re.compile(r"[0-9a-f]{64}")  # a blob's file name in blobs/sha256/
 NAME_MAX = 128
 
 

@@ -6,8 +6,8 @@ import stat
 from dataclasses import dataclass
 
 from imagekit.core.digest import hash_stream
+from imagekit.core.refs import BLOB_NAME
 from imagekit.errors import StoreError
-from imagekit.oci.gc import BLOB_NAME
 from imagekit.oci.layout import Descriptor, Layout, manifest_descriptors, parents
 from imagekit.oci.media import REF_ANNOTATION
 

@@ -47,32 +47,22 @@ chain needs stays whatever the policy chose.
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import shutil
 import time
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import repeat
-from pathlib import Path
 
-from imagekit.core import atomic
 from imagekit.core.digest import canonical_json, sha256_bytes
-from imagekit.core.locking import remove_unheld
-from imagekit.disk import qcow2
 from imagekit.errors import StoreError
 from imagekit.oci import index, retention
 from imagekit.oci import roots as outside
-from imagekit.oci.layout import Descriptor, Layout, check_digest, manifest_descriptors, parents
-from imagekit.oci.media import MEDIA_INDEX, MEDIA_MANIFEST, REF_ANNOTATION, signed_digest
+from imagekit.oci.layout import Descriptor, Layout, check_digest
+from imagekit.oci.mark import mark, mark_signatures, ref_of, signed, signed_subject
 from imagekit.oci.memo import LiveSet, Memo, Swept
+from imagekit.oci.sweep import sweep_blobs, sweep_locks, sweep_roots, sweep_tmp
 
-_MANIFEST_MAX = 4 << 20  # a JSON blob bigger than this is not a manifest worth parsing in gc
-_TEMP_RE = re.compile(r"new-(\d+)-.*", re.DOTALL)
-BLOB_NAME = re.compile(r"[0-9a-f]{64}")
 # A live set is rewritten once the blobs marked on top of it exceed this share of it (1/N):
 # fewer are read again by the next run for less than rewriting 30,000 digests costs.
 _REMARK_SHARE = 100
@@ -122,9 +112,9 @@ def collect(
         others = _others_key(kept, extra_roots)
         index_digest = sha256_bytes(data)
         if policy is None and _swept_since(layout, others, index_digest, data):
-            _sweep_roots(layout, dropped, dry_run)
-            removed_temp, temp_bytes = _sweep_tmp(layout, remove_partial, dry_run)
-            locks = _sweep_locks(layout, dry_run)
+            sweep_roots(layout, dropped, dry_run)
+            removed_temp, temp_bytes = sweep_tmp(layout, remove_partial, dry_run)
+            locks = sweep_locks(layout, dry_run)
             return GcReport([], temp_bytes, removed_temp, locks, dropped)
         last = LiveSet.load(layout) if policy is None else None
         if last is not None and last.others != others:
@@ -152,8 +142,8 @@ def collect(
                 layout, data, kept, extra_roots, policy, memo, dry_run, missing
             )
             record = True
-        _sweep_roots(layout, dropped, dry_run)
-        removed, freed = _sweep_blobs(layout, marked, dry_run)
+        sweep_roots(layout, dropped, dry_run)
+        removed, freed = sweep_blobs(layout, marked, dry_run)
         if not dry_run:
             memo.save(keep=marked)  # a no-op unless the full mark read it
         changed = removed_refs or unsigned or missing or policy is not None or dry_run
@@ -164,8 +154,8 @@ def collect(
             seen = time.time_ns()
             blobs = _blobs_state(layout)
             Swept(others, index_digest, entries, roots_digest, blobs, seen).save(layout)
-        removed_temp, temp_bytes = _sweep_tmp(layout, remove_partial, dry_run)
-        locks = _sweep_locks(layout, dry_run)
+        removed_temp, temp_bytes = sweep_tmp(layout, remove_partial, dry_run)
+        locks = sweep_locks(layout, dry_run)
     return GcReport(
         removed,
         freed + temp_bytes,
@@ -192,12 +182,12 @@ def _mark_all(
     removed, why it kept the others, the signature refs untagged and the roots (see
     :func:`_roots`) of the entries left."""
     entries = layout.entries(data)
-    images = [d for d in entries if _signed(d) is None]
+    images = [d for d in entries if signed(d) is None]
     chosen = retention.choose(_tagged(layout, images), policy) if policy else None
     leaving = {t.ref for t in chosen.remove} if chosen else set()
-    marked = _mark(
+    marked = mark(
         layout,
-        [d.digest for d in images if _ref(d) not in leaving]
+        [d.digest for d in images if ref_of(d) not in leaving]
         + [check_digest(r) for r in extra_roots],
         set(),
         memo,
@@ -205,7 +195,7 @@ def _mark_all(
     )
     kept_refs = dict(chosen.kept) if chosen else {}
     _keep_needed(chosen, marked, "a kept image is built on it", kept_refs)
-    marked = _mark(
+    marked = mark(
         layout, [d for root in kept for d in (root.manifest, *root.blobs)], marked, memo, missing
     )
     _keep_needed(chosen, marked, "a file outside the store backs onto it", kept_refs)
@@ -213,9 +203,9 @@ def _mark_all(
     if removed_refs and not dry_run:
         layout.untag_all(removed_refs)
     gone = set(removed_refs)
-    remaining = [d for d in entries if _ref(d) not in gone] if gone else entries
-    found = [(_ref(d), d.digest) for d in remaining]
-    unsigned = _mark_signatures(layout, found, marked, memo, dry_run, missing)
+    remaining = [d for d in entries if ref_of(d) not in gone] if gone else entries
+    found = [(ref_of(d), d.digest) for d in remaining]
+    unsigned = mark_signatures(layout, found, marked, memo, dry_run, missing)
     return marked, removed_refs, kept_refs, unsigned, _roots(found)
 
 
@@ -245,13 +235,6 @@ def _digest_of(roots: AbstractSet[str]) -> str:
     return sha256_bytes("\n".join(sorted(roots)).encode())
 
 
-def _sweep_roots(layout: Layout, dropped: dict[str, str], dry_run: bool) -> None:
-    """Forget the outside roots found stale (unless ``dry_run``)."""
-    if not dry_run:
-        for path in dropped:
-            outside.remove(layout, Path(path))
-
-
 def _others_key(kept: list[outside.Root], extra_roots: Iterable[str]) -> str:
     """What identifies every root besides index.json: a live set marked under another key
     is not reused."""
@@ -266,7 +249,7 @@ def _roots(found: Iterable[tuple[str | None, str]]) -> frozenset[str]:
     Which ref names what does not matter, so a moved ref changes nothing."""
     roots = set()
     for ref, digest in found:
-        subject = _subject(ref) if ref is not None and ref.endswith(".sig") else None
+        subject = signed_subject(ref) if ref is not None and ref.endswith(".sig") else None
         roots.add(digest if subject is None else f"{digest} {subject}")
     return frozenset(roots)
 
@@ -284,13 +267,13 @@ def _mark_added(
     if not added:
         return last.digests, []
     images = [root for root in added if " " not in root]
-    marked = _mark(layout, images, set(last.digests), None, missing)
+    marked = mark(layout, images, set(last.digests), None, missing)
     signatures = [
         (ref, digest)
         for ref, digest in found
-        if ref is not None and ref.endswith(".sig") and f"{digest} {_subject(ref)}" in added
+        if ref is not None and ref.endswith(".sig") and f"{digest} {signed_subject(ref)}" in added
     ]
-    return marked, _mark_signatures(layout, signatures, marked, None, dry_run, missing)
+    return marked, mark_signatures(layout, signatures, marked, None, dry_run, missing)
 
 
 def _tagged(layout: Layout, images: list[Descriptor]) -> list[retention.Tagged]:
@@ -298,7 +281,7 @@ def _tagged(layout: Layout, images: list[Descriptor]) -> list[retention.Tagged]:
     created: dict[str, datetime | None] = {}
     found = []
     for order, entry in enumerate(images):
-        ref = _ref(entry)
+        ref = ref_of(entry)
         if ref is None:
             continue
         if entry.digest not in created:
@@ -329,132 +312,6 @@ def _keep_needed(
             kept[tagged.ref] = why
 
 
-def _ref(entry: Descriptor) -> str | None:
-    return entry.annotations.get(REF_ANNOTATION)
-
-
-def _sweep_blobs(layout: Layout, marked: AbstractSet[str], dry_run: bool) -> tuple[list[str], int]:
-    removed, freed = [], 0
-    # scandir gives names and types: no stat per kept blob. A name that is not a blob's is
-    # left alone (fsck reports it).
-    with os.scandir(layout.blobs_dir) as found:
-        unmarked = sorted(
-            (
-                entry
-                for entry in found
-                if "sha256:" + entry.name not in marked
-                and BLOB_NAME.fullmatch(entry.name)
-                and entry.is_file(follow_symlinks=False)
-            ),
-            key=lambda entry: entry.name,
-        )
-    for entry in unmarked:
-        removed.append("sha256:" + entry.name)
-        freed += entry.stat(follow_symlinks=False).st_size
-        if not dry_run:
-            Path(entry.path).unlink()  # per removed blob only
-    if removed and not dry_run:
-        atomic.fsync_dir(layout.blobs_dir)
-    return removed, freed
-
-
-def _mark(
-    layout: Layout,
-    roots: Iterable[str],
-    marked: set[str],
-    memo: Memo | None = None,
-    missing: set[str] | None = None,
-) -> set[str]:
-    """Every digest reachable from ``roots`` through manifests and disk parent chains, added to
-    ``marked`` (what an earlier mark reached). What each blob keeps alive is read from it once
-    and kept in ``memo`` (blobs never change), so a mark costs no reads for blobs seen before.
-    A digest whose blob is not in the store goes into ``missing``: its edges are unknown.
-    """
-    work = list(roots)
-    while work:
-        digest = work.pop()
-        if digest in marked:
-            continue
-        marked.add(digest)
-        known = memo.get(digest) if memo is not None else None
-        if type(known) is list and all(map(isinstance, known, repeat(str))):
-            work.extend(known)
-            continue
-        children = _children(layout, digest)
-        if children is None:
-            if missing is not None:
-                missing.add(digest)
-            continue
-        if memo is not None:
-            memo.put(digest, children)
-        work.extend(children)
-    return marked
-
-
-def _signed(entry: Descriptor) -> str | None:
-    """The manifest digest a signature entry signs (None: the entry is not a signature)."""
-    return _subject(_ref(entry))
-
-
-def _subject(ref: str | None) -> str | None:
-    """The manifest digest a signature's ref signs (None: not a signature's ref)."""
-    tag = (ref or "").partition(":")[2]
-    return signed_digest(tag) if tag.endswith(".sig") else None
-
-
-def _mark_signatures(
-    layout: Layout,
-    found: Iterable[tuple[str | None, str]],
-    marked: set[str],
-    memo: Memo | None,
-    dry_run: bool,
-    missing: set[str],
-) -> list[str]:
-    """Mark the signatures (of the entries ``found``: ref, digest) of kept manifests; untag
-    the others (unless ``dry_run``)."""
-    dropped = []
-    for ref, digest in found:
-        subject = _subject(ref)
-        if subject is None or ref is None:
-            continue
-        if subject in marked:
-            _mark(layout, [digest], marked, memo, missing)
-            continue
-        dropped.append(ref)
-    if dropped and not dry_run:
-        layout.untag_all(dropped)
-    return dropped
-
-
-def _children(layout: Layout, digest: str) -> list[str] | None:
-    """What a blob keeps alive: a manifest's descriptors and parents, a qcow2's backing
-    (None: the blob is not in the store)."""
-    path = layout.blob_path(digest)
-    try:
-        with path.open("rb") as f:
-            head = f.read(1)
-            f.seek(0)
-            if head == b"Q":
-                return _qcow2_backing(path)
-            if head != b"{" or os.fstat(f.fileno()).st_size > _MANIFEST_MAX:
-                return []
-            obj = json.loads(f.read())
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        return []  # JSON-looking but not JSON: a config or evidence blob, not a manifest
-    if not isinstance(obj, dict) or not _is_manifest_like(obj):
-        return []
-    try:
-        descriptors = manifest_descriptors(obj)
-        return [d.digest for d in descriptors] + parents(descriptors)
-    except StoreError as e:
-        raise StoreError(
-            f"gc stopped, nothing removed: manifest {digest} is malformed ({e}); "
-            "run `imagekit fsck`"
-        ) from e
-
-
 def _outside_roots(layout: Layout) -> tuple[list[outside.Root], dict[str, str]]:
     """The recorded roots still in use, and why each other one is stale (the caller drops it)."""
     try:
@@ -469,71 +326,3 @@ def _outside_roots(layout: Layout) -> tuple[list[outside.Root], dict[str, str]]:
             continue
         dropped[str(root.path)] = reason
     return kept, dropped
-
-
-def _sweep_locks(layout: Layout, dry_run: bool) -> list[str]:
-    """Lock files in ``locks/`` and ``tmp/`` that no process holds (the store's ``.lock`` is
-    gc's own). Safe against a process about to lock one: see ``locking.remove_unheld``."""
-    removed = []
-    for directory in (layout.locks_dir, layout.tmp_dir):
-        for path in sorted(directory.glob("*.lock")):
-            if remove_unheld(path, dry_run=dry_run):
-                removed.append(str(path.relative_to(layout.root)))
-    if removed and not dry_run:
-        for directory in (layout.locks_dir, layout.tmp_dir):
-            atomic.fsync_dir(directory)
-    return removed
-
-
-def _sweep_tmp(layout: Layout, remove_partial: bool, dry_run: bool) -> tuple[list[str], int]:
-    removed, freed = [], 0
-    for path in sorted(layout.tmp_dir.iterdir()):
-        # A process's own temps (new-<pid>-*, including a scratch disk still filling as
-        # new-<pid>-*.qcow2.part) go when it is dead; resumable downloads (<hash>.part) are
-        # not tied to a pid and go only with ``remove_partial``.
-        m = _TEMP_RE.fullmatch(path.name)
-        if m is not None:
-            if _pid_alive(int(m[1])):
-                continue
-        elif not (remove_partial and path.name.endswith((".part", ".part.json"))):
-            continue
-        removed.append(path.name)
-        freed += _disk_usage(path)
-        if not dry_run:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-    return removed, freed
-
-
-def _is_manifest_like(obj: dict[str, object]) -> bool:
-    if obj.get("mediaType") in (MEDIA_MANIFEST, MEDIA_INDEX):
-        return True
-    return obj.get("schemaVersion") == 2 and ("layers" in obj or "manifests" in obj)
-
-
-def _qcow2_backing(path: Path) -> list[str]:
-    """The blob a qcow2 overlay in the store names as its backing file, which qemu will open.
-
-    Followed by gc as well as the parent annotation, since deleting a live backing file
-    destroys every overlay on it.
-    """
-    name = os.path.basename(qcow2.backing_name(path) or "")
-    return ["sha256:" + name] if BLOB_NAME.fullmatch(name) else []
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:
-        return True  # alive, owned by another user
-    return True
-
-
-def _disk_usage(path: Path) -> int:
-    if path.is_dir() and not path.is_symlink():
-        return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_dir())
-    return path.lstat().st_size
