@@ -24,13 +24,14 @@ from imagekit.errors import (
     StoreError,
     VerificationError,
 )
-from imagekit.oci import blobs
-from imagekit.oci.blobs import MountHints, Partial
+from imagekit.oci import download, upload
+from imagekit.oci.download import Partial
 from imagekit.oci.layout import Descriptor, Layout, manifest_descriptors
 from imagekit.oci.media import DISK_FORMATS, MEDIA_INDEX, MEDIA_MANIFEST, oci_arch
 from imagekit.oci.reference import RegistryRef
 from imagekit.oci.registry import Manifest, Registry
-from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
+from imagekit.oci.upload import MountHints
+from imagekit.progress import Meter, ProgressCallback, ProgressEvent, ignore_progress
 
 DEFAULT_CHUNK = 256 << 20  # few PATCHes: registries may fsync each one (distribution 2.8 does)
 PARALLEL = 3  # blobs moved at once: enough to hide round trips, few enough not to thrash disks
@@ -129,8 +130,8 @@ def push(
         path = layout.blob_path(desc.digest)
         if not path.is_file():
             raise StoreError(f"blob {desc.digest} is missing from the store; run `imagekit fsck`")
-        meter = blobs.Meter(options.progress, "push", desc.digest[:19], desc.size)
-        outcome, sent = blobs.push_blob(
+        meter = Meter(options.progress, "push", desc.digest[:19], desc.size)
+        outcome, sent = upload.push_blob(
             layout, registry, repository, desc, hints.get(desc.digest), options.chunk_size, meter
         )
         getattr(report, outcome).append(desc.digest)
@@ -280,8 +281,8 @@ def fetch(
     parts: dict[str, Partial] = {}
 
     def one(desc: Descriptor) -> None:
-        meter = blobs.Meter(options.progress, "fetch", desc.digest[:19], desc.size)
-        part = blobs.download(layout, registry, repository, desc, meter)
+        meter = Meter(options.progress, "fetch", desc.digest[:19], desc.size)
+        part = download.download(layout, registry, repository, desc, meter)
         if part is None:
             report.present.append(desc.digest)
             return
@@ -313,7 +314,7 @@ def _commit(
         if part is not None:
             if inspect is not None:
                 inspect(desc, part.path, parent)
-            blobs.commit(layout, part, desc)
+            download.commit(layout, part, desc)
             del parts[desc.digest]
         if desc.media_type in DISK_FORMATS:
             parent = desc
