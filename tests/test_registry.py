@@ -220,7 +220,10 @@ def test_an_upload_is_patches_then_a_put_that_carries_the_last_chunk(
     chain = make_chain(Store(tmp_path / "a"), tmp_path / "work")
     mark = registry.mark()
     chain.store.push("base:1", registry.ref("images/shape", "base"))
-    written = uploads(registry.since(mark))
+    asked = registry.since(mark)
+    written = uploads(asked)
+    # Its blobs had to be sent, so the manifest cannot be there yet: no HEAD asks.
+    assert not [r for r in asked if r.method == "HEAD" and "/manifests/" in r.path]
     # Three blobs of one chunk each (disk, evidence, config): POST + PUT apiece, as curl would.
     assert sorted(r.method for r in written if "/blobs/" in r.path) == ["POST"] * 3 + ["PUT"] * 3
     finished = [r.path for r in written if r.method == "PUT" and "/blobs/" in r.path]

@@ -125,6 +125,7 @@ def push(
     report = PushReport(str(target), digest)
     wanted = _unique(d for _, obj in chain for d in _blobs_of(obj))
     hints = MountHints(layout, registry.host)
+    arrived: set[str] = set()  # blobs the repository lacked: uploaded or mounted by this push
 
     def one(desc: Descriptor) -> None:
         path = layout.blob_path(desc.digest)
@@ -135,15 +136,20 @@ def push(
             layout, registry, repository, desc, hints.get(desc.digest), options.chunk_size, meter
         )
         getattr(report, outcome).append(desc.digest)
+        if outcome != "skipped":
+            arrived.add(desc.digest)
         report.uploaded_bytes += sent
         report.skipped_bytes += max(0, desc.size - sent)  # a chunk sent twice (a 401) counts once
 
     _parallel(one, wanted, options.parallel)
-    for number, (manifest_digest, _) in enumerate(chain, 1):
+    for number, (manifest_digest, obj) in enumerate(chain, 1):
         body = layout.read_blob(manifest_digest)
         top = number == len(chain)
         reference = (target.tag or "latest") if top and not target.digest else manifest_digest
-        if registry.manifest_digest(repository, reference) != manifest_digest:
+        # A registry takes a manifest only once it holds every blob the manifest names: if this
+        # push had to bring one, the manifest is not there yet, and no HEAD need ask.
+        new = any(d.digest in arrived for d in _blobs_of(obj))
+        if new or registry.manifest_digest(repository, reference) != manifest_digest:
             registry.put_manifest(repository, reference, body, MEDIA_MANIFEST)
             report.manifests_put += 1
     hints.remember([d.digest for d in wanted], repository)
