@@ -507,6 +507,35 @@ def test_a_pull_without_trust_does_not_load_cryptography(
     assert [s.digest for s in kept] == [chain.top.digest]  # kept, unchecked: no trusted keys
 
 
+_PUSH_THEN_LIST_MODULES = """
+import sys
+from imagekit.cli import main
+try:
+    main()
+finally:
+    print(sorted(m for m in sys.modules if m.startswith(("imagekit.recipe", "imagekit.export"))),
+          file=sys.stderr)
+"""
+
+
+def test_a_push_loads_neither_the_recipe_loader_nor_the_export_code(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    """Start-up is a push's fixed cost against curl (benchmarks/oci.py): the stages a push does
+    not run stay unloaded."""
+    chain = make_chain(Store(tmp_path / "a"), tmp_path / "work")
+    argv = ["push", "web:1", registry.ref("lazy/push"), "--store", str(chain.store.root), "--json"]
+    done = subprocess.run(
+        [sys.executable, "-c", _PUSH_THEN_LIST_MODULES, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["uploaded"] == 5
+    assert done.stderr.splitlines()[-1] == "[]", done.stderr
+
+
 # --- credentials -----------------------------------------------------------------------------
 
 
