@@ -39,23 +39,43 @@ _R = TypeVar("_R")
 class _Hasher:
     """sha256 on a thread of its own, so a blob is hashed while its next piece arrives.
 
-    At most ``_BUFFERS`` pieces wait to be hashed (the reader waits beyond that), so memory
-    stays bounded; hashlib lets go of the GIL on large buffers.
+    Pieces are read into a pool of at most ``_BUFFERS`` reused buffers of ``size`` bytes (no
+    allocation, no copy per piece), made as the reader gets ahead; a buffer goes back to the
+    pool once hashed, so memory stays bounded. hashlib lets go of the GIL on large buffers.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, size: int) -> None:
         self._sha = hashlib.sha256()
-        self._queue: queue.Queue[memoryview | None] = queue.Queue(maxsize=_BUFFERS)
+        self._size, self._made = size, 0
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[memoryview, bytearray] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="imagekit-hash", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while (piece := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
+            piece, buffer = item
             self._sha.update(piece)
+            piece.release()
+            self._free.put(buffer)
 
-    def update(self, piece: memoryview) -> None:
-        """Hash ``piece``; its buffer is the hasher's now (the next read gets a new one)."""
-        self._queue.put(piece)
+    def buffer(self) -> bytearray:
+        """A buffer to read the next piece into; waits while every one is still to be hashed."""
+        if self._made < _BUFFERS:
+            try:
+                return self._free.get_nowait()
+            except queue.Empty:
+                self._made += 1
+                return bytearray(self._size)
+        return self._free.get()
+
+    def give_back(self, buffer: bytearray) -> None:
+        """A buffer that holds nothing to hash (a read that ended or failed)."""
+        self._free.put(buffer)
+
+    def update(self, piece: memoryview, buffer: bytearray) -> None:
+        """Hash ``piece``, a view of ``buffer``, which returns to the pool once hashed."""
+        self._queue.put((piece, buffer))
 
     def hexdigest(self) -> str:
         """The digest of every piece given; the hasher is finished afterwards."""
@@ -113,7 +133,7 @@ class Partial:
         self.path, self.desc = path, desc
         self.size = self.adopted = self.received = 0
         self._piece_size = min(PIECE, max(1, desc.size))  # a config needs no 1 MiB buffer
-        self._hash = _Hasher()
+        self._hash = _Hasher(self._piece_size)
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         self._fd = _guarded(path, lambda: os.open(path, flags, mode))
         self._flusher = _Flusher(self._fd) if desc.size > _FLUSH_EVERY else None
@@ -131,7 +151,7 @@ class Partial:
         _guarded(self.path, lambda: os.ftruncate(self._fd, 0))
         os.lseek(self._fd, 0, os.SEEK_SET)
         self._hash.stop()
-        self._hash = _Hasher()
+        self._hash = _Hasher(self._piece_size)
         self.size = self.adopted = 0
 
     def fill(self, read: Reader) -> int:
@@ -144,16 +164,20 @@ class Partial:
         return n
 
     def _piece(self, read: Reader, *, append: bool) -> int:
-        """One piece read into a buffer of its own, appended to the file if ``append``, hashed."""
+        """One piece read into a pooled buffer, appended to the file if ``append``, hashed."""
         hasher = self._hash  # a refused piece resets the Partial, and with it the hasher
-        buffer = bytearray(self._piece_size)
-        n = read(buffer)
+        buffer = hasher.buffer()
+        try:
+            n = read(buffer)
+            if n and append:
+                self.write(memoryview(buffer)[:n])
+        except BaseException:
+            hasher.give_back(buffer)
+            raise
         if not n:
+            hasher.give_back(buffer)
             return 0
-        piece = memoryview(buffer)[:n]
-        if append:
-            self.write(piece)
-        hasher.update(piece)
+        hasher.update(memoryview(buffer)[:n], buffer)
         return n
 
     def write(self, data: memoryview) -> None:
