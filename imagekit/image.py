@@ -6,15 +6,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
-from imagekit import export
 from imagekit.core.refs import DIGEST_RE
 from imagekit.errors import StoreError
 from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.media import DISK_FORMATS, REF_ANNOTATION
 from imagekit.oci.memo import Memo
 from imagekit.progress import ProgressCallback, ignore_progress
+
+if TYPE_CHECKING:
+    from imagekit import export
 
 DIGEST = re.compile(DIGEST_RE)
 
@@ -106,6 +108,8 @@ class Image:
         ``force`` (replace an existing file). ``dest`` may be a device, a FIFO, or ``"-"`` for
         stdout; :mod:`imagekit.export` says what is written how and what is refused.
         """
+        from imagekit import export  # the export code loads when an image is exported
+
         source = export.Source(self.store, self.digest, self.ref, tuple(self.disks))
         return export.export_disk(source, dest, progress=progress, **options)
 

@@ -23,7 +23,8 @@ import pytest
 
 from imagekit.core.digest import file_digest, hexpart
 from imagekit.errors import FetchError, RecipeError, UnsafeImageError, VerificationError
-from imagekit.oci import blobs, transfer
+from imagekit.oci import download as blob_download
+from imagekit.oci import transfer
 from imagekit.oci.auth import Credentials, find_credentials, parse_challenge
 from imagekit.oci.layout import Descriptor
 from imagekit.oci.media import (
@@ -213,6 +214,36 @@ def test_a_second_push_uploads_nothing(registry: RunningRegistry, tmp_path: Path
     assert uploads(registry.since(mark)) == []
 
 
+def test_an_upload_is_patches_then_a_put_that_carries_the_last_chunk(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    chain = make_chain(Store(tmp_path / "a"), tmp_path / "work")
+    mark = registry.mark()
+    chain.store.push("base:1", registry.ref("images/shape", "base"))
+    asked = registry.since(mark)
+    written = uploads(asked)
+    # Its blobs had to be sent, so the manifest cannot be there yet: no HEAD asks.
+    assert not [r for r in asked if r.method == "HEAD" and "/manifests/" in r.path]
+    # Three blobs of one chunk each (disk, evidence, config): POST + PUT apiece, as curl would.
+    assert sorted(r.method for r in written if "/blobs/" in r.path) == ["POST"] * 3 + ["PUT"] * 3
+    finished = [r.path for r in written if r.method == "PUT" and "/blobs/" in r.path]
+    assert all("digest=" in path for path in finished)
+
+    chunk = 256 << 10
+    mark = registry.mark()
+    report = chain.store.push("web:1", registry.ref("images/shape"), chunk_size=chunk)
+    written = uploads(registry.since(mark))
+    chunks = -(-chain.overlay.size // chunk)
+    assert chunks > 2
+    # The overlay: a PATCH per chunk but the last, which is the body of the closing PUT.
+    assert [r.method for r in written].count("PATCH") == chunks - 1
+    assert [r.method for r in written if "/blobs/" in r.path].count("PUT") == 2  # + top config
+    assert report.uploaded_bytes == chain.overlay.size + sum(
+        d.size for d in [Descriptor.from_json(chain.store.manifest(chain.top.digest)["config"])]
+    )
+    assert Store(tmp_path / "b").pull(registry.ref("images/shape")).digest == chain.top.digest
+
+
 def test_a_customized_image_uploads_only_its_overlay(
     registry: RunningRegistry, tmp_path: Path
 ) -> None:
@@ -266,9 +297,9 @@ def test_a_pull_fetches_a_chains_blobs_in_parallel_three_at_a_time(
     first_three = threading.Barrier(transfer.PARALLEL, timeout=60)  # broken unless 3 at once
     lock = threading.Lock()
     calls = active = peak = 0
-    original = blobs.download
+    original = blob_download.download
 
-    def download(*args: Any, **kwargs: Any) -> blobs.Partial | None:
+    def download(*args: Any, **kwargs: Any) -> blob_download.Partial | None:
         nonlocal calls, active, peak
         with lock:
             calls, active = calls + 1, active + 1
@@ -281,7 +312,7 @@ def test_a_pull_fetches_a_chains_blobs_in_parallel_three_at_a_time(
             with lock:
                 active -= 1
 
-    monkeypatch.setattr(blobs, "download", download)
+    monkeypatch.setattr(blob_download, "download", download)
     pulled = Store(tmp_path / "b").pull_registry(registry.ref("images/parallel"), RegistryPull())
     assert len(pulled.report.fetched) == calls == 5  # two configs, two disks, the evidence
     assert peak == transfer.PARALLEL == 3
@@ -474,6 +505,35 @@ def test_a_pull_without_trust_does_not_load_cryptography(
         assert done.stderr.splitlines()[-1] == "False", done.stderr
     kept = Store(tmp_path / "b").signatures("web:1")
     assert [s.digest for s in kept] == [chain.top.digest]  # kept, unchecked: no trusted keys
+
+
+_PUSH_THEN_LIST_MODULES = """
+import sys
+from imagekit.cli import main
+try:
+    main()
+finally:
+    print(sorted(m for m in sys.modules if m.startswith(("imagekit.recipe", "imagekit.export"))),
+          file=sys.stderr)
+"""
+
+
+def test_a_push_loads_neither_the_recipe_loader_nor_the_export_code(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    """Start-up is a push's fixed cost against curl (benchmarks/oci.py): the stages a push does
+    not run stay unloaded."""
+    chain = make_chain(Store(tmp_path / "a"), tmp_path / "work")
+    argv = ["push", "web:1", registry.ref("lazy/push"), "--store", str(chain.store.root), "--json"]
+    done = subprocess.run(
+        [sys.executable, "-c", _PUSH_THEN_LIST_MODULES, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["uploaded"] == 5
+    assert done.stderr.splitlines()[-1] == "[]", done.stderr
 
 
 # --- credentials -----------------------------------------------------------------------------

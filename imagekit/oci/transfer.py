@@ -24,13 +24,14 @@ from imagekit.errors import (
     StoreError,
     VerificationError,
 )
-from imagekit.oci import blobs
-from imagekit.oci.blobs import MountHints, Partial
+from imagekit.oci import download, upload
+from imagekit.oci.download import Partial
 from imagekit.oci.layout import Descriptor, Layout, manifest_descriptors
 from imagekit.oci.media import DISK_FORMATS, MEDIA_INDEX, MEDIA_MANIFEST, oci_arch
 from imagekit.oci.reference import RegistryRef
 from imagekit.oci.registry import Manifest, Registry
-from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
+from imagekit.oci.upload import MountHints
+from imagekit.progress import Meter, ProgressCallback, ProgressEvent, ignore_progress
 
 DEFAULT_CHUNK = 256 << 20  # few PATCHes: registries may fsync each one (distribution 2.8 does)
 PARALLEL = 3  # blobs moved at once: enough to hide round trips, few enough not to thrash disks
@@ -124,25 +125,31 @@ def push(
     report = PushReport(str(target), digest)
     wanted = _unique(d for _, obj in chain for d in _blobs_of(obj))
     hints = MountHints(layout, registry.host)
+    arrived: set[str] = set()  # blobs the repository lacked: uploaded or mounted by this push
 
     def one(desc: Descriptor) -> None:
         path = layout.blob_path(desc.digest)
         if not path.is_file():
             raise StoreError(f"blob {desc.digest} is missing from the store; run `imagekit fsck`")
-        meter = blobs.Meter(options.progress, "push", desc.digest[:19], desc.size)
-        outcome, sent = blobs.push_blob(
+        meter = Meter(options.progress, "push", desc.digest[:19], desc.size)
+        outcome, sent = upload.push_blob(
             layout, registry, repository, desc, hints.get(desc.digest), options.chunk_size, meter
         )
         getattr(report, outcome).append(desc.digest)
+        if outcome != "skipped":
+            arrived.add(desc.digest)
         report.uploaded_bytes += sent
         report.skipped_bytes += max(0, desc.size - sent)  # a chunk sent twice (a 401) counts once
 
     _parallel(one, wanted, options.parallel)
-    for number, (manifest_digest, _) in enumerate(chain, 1):
+    for number, (manifest_digest, obj) in enumerate(chain, 1):
         body = layout.read_blob(manifest_digest)
         top = number == len(chain)
         reference = (target.tag or "latest") if top and not target.digest else manifest_digest
-        if registry.manifest_digest(repository, reference) != manifest_digest:
+        # A registry takes a manifest only once it holds every blob the manifest names: if this
+        # push had to bring one, the manifest is not there yet, and no HEAD need ask.
+        new = any(d.digest in arrived for d in _blobs_of(obj))
+        if new or registry.manifest_digest(repository, reference) != manifest_digest:
             registry.put_manifest(repository, reference, body, MEDIA_MANIFEST)
             report.manifests_put += 1
     hints.remember([d.digest for d in wanted], repository)
@@ -280,8 +287,8 @@ def fetch(
     parts: dict[str, Partial] = {}
 
     def one(desc: Descriptor) -> None:
-        meter = blobs.Meter(options.progress, "fetch", desc.digest[:19], desc.size)
-        part = blobs.download(layout, registry, repository, desc, meter)
+        meter = Meter(options.progress, "fetch", desc.digest[:19], desc.size)
+        part = download.download(layout, registry, repository, desc, meter)
         if part is None:
             report.present.append(desc.digest)
             return
@@ -313,7 +320,7 @@ def _commit(
         if part is not None:
             if inspect is not None:
                 inspect(desc, part.path, parent)
-            blobs.commit(layout, part, desc)
+            download.commit(layout, part, desc)
             del parts[desc.digest]
         if desc.media_type in DISK_FORMATS:
             parent = desc

@@ -20,7 +20,6 @@ from imagekit.oci import fsck, gc, retention, roots
 from imagekit.oci.layout import Descriptor
 from imagekit.oci.media import signed_digest
 from imagekit.progress import ProgressCallback, ignore_progress
-from imagekit.recipe import Recipe, load_recipe
 from imagekit.store.machines import MachineMethods
 from imagekit.store.registry import RegistryMethods, login
 from imagekit.verify.trust import TrustPolicy
@@ -30,6 +29,7 @@ from imagekit.verify.trust import TrustPolicy
 if TYPE_CHECKING:
     from imagekit.build import BuildResult
     from imagekit.net.transport import Transport
+    from imagekit.recipe import Recipe
     from imagekit.sources.session import NetworkOptions
 
 __all__ = ["FsckReport", "GcReport", "Root", "Store", "login", "open_store"]
@@ -94,6 +94,7 @@ class Store(RegistryMethods, MachineMethods):
             return self.pull_registry(recipe, request, network).image
         if insecure or trust is not None:
             raise RecipeError("insecure and trust apply to oci:// pulls only")
+        from imagekit.recipe import load_recipe
         from imagekit.sources import http
 
         loaded = load_recipe(recipe, arch=arch) if isinstance(recipe, str) else recipe
@@ -126,6 +127,8 @@ class Store(RegistryMethods, MachineMethods):
         from imagekit.build.remote import CacheOptions, RemoteCache
 
         key = self._signing_key(sign_key, None) if sign_key is not None else None
+        from imagekit.recipe import load_recipe
+
         loaded = load_recipe(recipe) if isinstance(recipe, str) else recipe
         session = self._session(progress, network, transport)
         remote = None
@@ -156,6 +159,7 @@ class Store(RegistryMethods, MachineMethods):
         found there is not worked out again."""
         from imagekit.build import Builder
         from imagekit.build.inputs import input_key
+        from imagekit.recipe import load_recipe
 
         loaded = load_recipe(recipe) if isinstance(recipe, str) else recipe
         return input_key(Builder(self._session(None, network, transport)), loaded, known)

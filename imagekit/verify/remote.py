@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from imagekit.core.digest import sha256_bytes
 from imagekit.errors import FetchError, SignatureError, VerificationError
 from imagekit.net.transport import Transport
-from imagekit.oci import blobs
+from imagekit.oci import upload
 from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.media import (
     MEDIA_MANIFEST,
@@ -27,7 +27,7 @@ from imagekit.oci.media import (
 from imagekit.oci.reference import RegistryRef
 from imagekit.oci.registry import Registry, fail, read_capped
 from imagekit.oci.transfer import TransferOptions
-from imagekit.progress import ProgressCallback, ignore_progress
+from imagekit.progress import Meter, ProgressCallback, ignore_progress
 from imagekit.verify import stored
 from imagekit.verify.cosign import (
     PAYLOAD_MAX,
@@ -122,8 +122,8 @@ def push(
     config_descriptor = layout.add_bytes(config, MEDIA_OCI_CONFIG)  # gc sweeps it later
     new = [layer.payload for layer in merged[len(kept) :]]
     for desc in [*new, config_descriptor]:
-        meter = blobs.Meter(progress, "push", desc.digest[:19], desc.size)
-        blobs.push_blob(layout, registry, repository, desc, None, PAYLOAD_MAX, meter)
+        meter = Meter(progress, "push", desc.digest[:19], desc.size)
+        upload.push_blob(layout, registry, repository, desc, None, PAYLOAD_MAX, meter)
     registry.put_manifest(repository, signature_tag(digest), manifest, MEDIA_MANIFEST)
     return len(merged) - len(kept)
 

@@ -42,7 +42,7 @@ def kill_at_byte(limit: int) -> None:
 
 def kill_at_blob_byte(limit: int) -> None:
     """Die once a registry pull's partial blob holds at least ``limit`` bytes."""
-    from imagekit.oci.blobs import Partial
+    from imagekit.oci.download import Partial
 
     original = Partial.fill
 
@@ -53,6 +53,21 @@ def kill_at_blob_byte(limit: int) -> None:
         return n
 
     Partial.fill = fill  # type: ignore[method-assign]
+
+
+def kill_at_upload_byte(limit: int) -> None:
+    """Die once one blob's upload has sent at least ``limit`` bytes, but not all of them: the
+    kill lands inside a request body (a PATCH's, or the final PUT's)."""
+    from imagekit.oci.upload import _Upload
+
+    original = _Upload._sent
+
+    def sent(self: _Upload, n: int) -> None:
+        original(self, n)
+        if limit <= self.sent < self.desc.size:
+            die()
+
+    _Upload._sent = sent  # type: ignore[method-assign]
 
 
 def kill_at_call(point: str, nth: int = 1) -> None:
@@ -105,6 +120,12 @@ def run(spec: dict[str, Any]) -> None:
         kill_at_byte(int(spec["byte"]))
     if spec.get("blob_byte") is not None:
         kill_at_blob_byte(int(spec["blob_byte"]))
+    if spec.get("upload_byte") is not None:
+        kill_at_upload_byte(int(spec["upload_byte"]))
+    if spec.get("piece"):  # smaller pieces of a request body: a small chunk has several
+        from imagekit.oci import registry
+
+        registry.PIECE = int(spec["piece"])
     if spec.get("call"):
         kill_at_call(spec["call"], int(spec.get("nth", 1)))
     if spec.get("unlink"):

@@ -2,7 +2,8 @@
 
 A child (``crashchild.py``, ops ``push`` and ``pull-oci``) SIGKILLs itself at a chosen call:
 between two chunks of an upload (the next push asks the registry how much it holds and sends
-the rest), inside a chunk's body (the registry holds a torn chunk: that blob starts over), in
+the rest), inside a chunk's body and inside the final PUT that carries the last chunk (the
+registry holds a torn chunk: that blob starts over), in
 the middle of a layer's download (the next pull asks for the rest with Range), and at each step
 of the commit phase. After each kill the store is consistent, the next run finishes in this
 process, and what the registry holds pulls back into an empty store with identical digests.
@@ -96,12 +97,43 @@ def test_a_push_killed_inside_a_chunk_starts_that_blob_again(
     chain = based_chain(registry, tmp_path, "kills/torn")
     target = registry.ref("kills/torn")
     spec = {"op": "push", "store": str(chain.store.root), "ref": "web:1", "target": target}
-    # One 4 MiB chunk holds the whole overlay; it dies after a 1 MiB piece of a body is sent.
-    spec |= {"chunk": 4 << 20, "call": "imagekit.oci.blobs:_Upload._sent:after", "nth": 2}
+    # One 4 MiB chunk holds the whole overlay, so its upload is POST + one PUT carrying it; the
+    # child dies inside that PUT's body, once 1 MiB of it is sent (the config never gets there).
+    spec |= {"chunk": 4 << 20, "upload_byte": 1 << 20}
     run_killed(spec)
     assert_consistent(chain.store)
     report = chain.store.push("web:1", target, chunk_size=4 << 20)
     assert chain.overlay.digest in report.uploaded
+    assert registry.blob_data(chain.overlay.digest).read_bytes() == (
+        chain.store.blob_path(chain.overlay.digest).read_bytes()
+    )
+    assert not list(chain.store.tmp_dir.glob("push-*"))
+    same_image_back(registry, chain, target, tmp_path)
+
+
+def test_a_push_killed_inside_its_final_put_finishes_cleanly(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    chain = based_chain(registry, tmp_path, "kills/final")
+    target = registry.ref("kills/final")
+    chunk, piece = 512 << 10, 64 << 10
+    assert chain.overlay.size > 2 * chunk + 2 * piece  # PATCH, PATCH, then a PUT of 2+ pieces
+    spec = {"op": "push", "store": str(chain.store.root), "ref": "web:1", "target": target}
+    # Dies one piece into the final PUT's body, after both PATCHes were answered and recorded.
+    spec |= {"chunk": chunk, "piece": piece, "upload_byte": 2 * chunk + piece}
+    run_killed(spec)
+    assert list(chain.store.tmp_dir.glob("push-*.part.json"))
+    assert_consistent(chain.store)
+
+    mark = registry.mark()
+    report = chain.store.push("web:1", target, chunk_size=chunk)
+    # distribution 2.8 cancels an upload whose torn PUT left it longer than its URL says: the
+    # overlay goes up again from the start, and arrives whole.
+    assert chain.overlay.digest in report.uploaded
+    assert report.uploaded_bytes >= chain.overlay.size
+    # The killed run's torn PUT may be logged late (when the registry sees the connection gone).
+    finished = [r for r in registry.since(mark) if r.method == "PUT" and "digest=" in r.path]
+    assert finished and finished[-1].status == 201
     assert registry.blob_data(chain.overlay.digest).read_bytes() == (
         chain.store.blob_path(chain.overlay.digest).read_bytes()
     )
@@ -142,7 +174,7 @@ def test_a_pull_killed_mid_blob_resumes_with_range(
 @pytest.mark.parametrize(
     "point",
     [
-        "imagekit.oci.blobs:commit:after",
+        "imagekit.oci.download:commit:after",
         "imagekit.oci.layout:Layout.add_bytes:after",
         "imagekit.oci.layout:Layout.tag:before",
     ],

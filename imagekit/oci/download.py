@@ -1,10 +1,8 @@
-"""One blob over the wire: a chunked upload that resumes, a hashed download that resumes.
+"""One blob down from a registry: streamed into ``tmp/``, hashed while written, resumed.
 
-An upload's URL is kept in ``tmp/push-<id>.part.json`` after every chunk, so a push killed
-between chunks asks the registry how much it holds and sends only the rest; a registry that
-forgot the upload (or holds a torn chunk) gets the blob again from the start. A download is
-``tmp/oci-<hex>.part``: not tied to a process, so the next pull re-hashes what is there and asks
-for the rest with Range. A blob's digest is its validator, so resuming cannot mix objects.
+A download is ``tmp/oci-<hex>.part``: not tied to a process, so the next pull re-hashes what is
+there and asks for the rest with Range. A blob's digest is its validator, so resuming cannot mix
+objects; nothing enters ``blobs/`` before its size and digest are the descriptor's.
 """
 
 from __future__ import annotations
@@ -13,217 +11,29 @@ import contextlib
 import functools
 import hashlib
 import http.client
-import json
 import os
 import queue
 import re
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from imagekit.core import atomic
-from imagekit.core.digest import hexpart, identity
+from imagekit.core.digest import hexpart
 from imagekit.errors import FetchError, StoreError, VerificationError
 from imagekit.net.transport import Transient
 from imagekit.oci.layout import Descriptor, Layout
-from imagekit.oci.registry import PIECE, FileChunk, RangeMismatch, Registry, fail
-from imagekit.progress import ProgressCallback, ProgressEvent
+from imagekit.oci.registry import PIECE, Registry, fail
+from imagekit.progress import Meter
 
 if TYPE_CHECKING:
     import requests
 
-_PROGRESS_INTERVAL = 0.1
-_HINTS_MAX = 20000
 _BUFFERS = 8  # pieces read ahead of the hashing thread: 8 MiB at most
 _FLUSH_EVERY = 32 << 20  # bytes of a download between write-backs started while it arrives
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
 _R = TypeVar("_R")
-
-
-class Meter:
-    """Byte progress of one blob, at most ~10 events a second (UIs must not be the bottleneck)."""
-
-    def __init__(self, callback: ProgressCallback, stage: str, label: str, total: int) -> None:
-        self.callback, self.stage, self.label, self.total = callback, stage, label, total
-        self._last = -_PROGRESS_INTERVAL
-
-    def update(self, done: int, *, final: bool = False) -> None:
-        now = time.monotonic()
-        if final or now - self._last >= _PROGRESS_INTERVAL:
-            self._last = now
-            self.callback(ProgressEvent(self.stage, self.label, done, self.total))
-
-
-class MountHints:
-    """Which repository of a registry last held each blob, so a push can mount instead of send.
-
-    A hint is only a hint: a wrong one costs one refused mount and the blob is uploaded.
-    """
-
-    def __init__(self, layout: Layout, host: str) -> None:
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", host)
-        self.layout = layout
-        self.path = layout.cache_dir / "registry" / f"{safe}.json"
-
-    def _load(self) -> dict[str, str]:
-        try:
-            data = json.loads(self.path.read_bytes())
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(data, dict):
-            return {}
-        return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
-
-    def get(self, digest: str) -> str | None:
-        return self._load().get(digest)
-
-    def remember(self, digests: Iterable[str], repository: str) -> None:
-        data = self._load()
-        for digest in digests:
-            data.pop(digest, None)
-            data[digest] = repository
-        kept = dict(list(data.items())[-_HINTS_MAX:])
-        with contextlib.suppress(OSError):  # a lost hint costs an upload, never correctness
-            self.layout.access.make_dir(self.path.parent)
-            mode = self.layout.access.file_mode
-            atomic.replace_file(self.path, json.dumps(kept).encode(), mode=mode)
-
-
-# --- upload ----------------------------------------------------------------------------------
-
-
-def push_blob(
-    layout: Layout,
-    registry: Registry,
-    repository: str,
-    desc: Descriptor,
-    hint: str | None,
-    chunk_size: int,
-    meter: Meter,
-) -> tuple[str, int]:
-    """Make ``repository`` hold ``desc``: ("skipped" | "mounted" | "uploaded", bytes sent).
-
-    A lock per registry, repository and blob keeps two pushes off one upload session.
-    """
-    upload = _Upload(layout, registry, repository, desc, chunk_size, meter)
-    with layout.digest_lock(upload.sidecar.name.removesuffix(".part.json")):
-        if registry.blob_size(repository, desc.digest) is not None:
-            upload.forget()  # a killed push may have finished it before forgetting the upload
-            return "skipped", 0
-        location = None
-        if hint is not None and hint != repository:
-            location = registry.mount(repository, desc.digest, hint)
-            if location is None:
-                upload.forget()
-                return "mounted", 0
-        return "uploaded", upload.run(location)
-
-
-class _Upload:
-    """A chunked upload (POST, PATCH..., PUT ?digest=) that picks up where a killed one stopped."""
-
-    def __init__(
-        self,
-        layout: Layout,
-        registry: Registry,
-        repository: str,
-        desc: Descriptor,
-        chunk_size: int,
-        meter: Meter,
-    ) -> None:
-        self.registry, self.repository, self.desc = registry, repository, desc
-        self.path = layout.blob_path(desc.digest)
-        self.chunk_size, self.meter = max(1, chunk_size), meter
-        key = hexpart(identity([registry.host, repository, desc.digest]))[:32]
-        self.sidecar = layout.tmp_dir / f"push-{key}.part.json"
-        self.mode = layout.access.file_mode
-        self.location: str | None = None
-        self.offset = self.sent = self.restarts = 0
-        self.unsure = False  # the registry may hold more or less than ``offset``: ask first
-
-    def run(self, location: str | None) -> int:
-        """Upload the blob; returns the bytes sent (less than its size after a resume)."""
-        saved = self._saved()
-        self.location, self.unsure = (saved, True) if saved else (location, False)
-        url = self.registry.url(self.repository, "blobs", "uploads/")
-        with self.path.open("rb") as f:
-            self.registry.transport.retrying(url, lambda: self._attempt(f), lambda: self.offset)
-        self.forget()
-        return self.sent
-
-    def forget(self) -> None:
-        """The registry holds the blob: no upload of it is left to resume."""
-        self.sidecar.unlink(missing_ok=True)
-        self.meter.update(self.desc.size, final=True)
-
-    def _attempt(self, f: IO[bytes]) -> None:
-        location = self._sync()
-        self.unsure = True  # until this attempt ends well, a retry must ask the registry first
-        while self.offset < self.desc.size:
-            length = min(self.chunk_size, self.desc.size - self.offset)
-            chunk = FileChunk(f, self.offset, length)
-            try:
-                location = self.registry.patch(self.repository, location, chunk, sent=self._sent)
-            except RangeMismatch:
-                raise Transient("the registry holds a different part of the upload") from None
-            self.location = location
-            self.offset += length
-            self._save()
-        try:
-            self.registry.finish_upload(self.repository, location, self.desc.digest)
-        except RangeMismatch:
-            self._restart()
-        self.unsure = False
-
-    def _sync(self) -> str:
-        """The upload to continue, at the offset the registry holds; a new one if it has none."""
-        if self.location is not None and self.unsure:
-            held = self.registry.upload_offset(self.repository, self.location)
-            if held is None or held > self.desc.size:
-                self.location = None
-            else:
-                self.offset = held
-        if self.location is None:
-            self.location = self.registry.start_upload(self.repository)
-            self.offset = 0
-            self._save()
-        return self.location
-
-    def _restart(self) -> None:
-        """The registry's copy does not hash right (a torn chunk): send the blob once more."""
-        self.restarts += 1
-        if self.restarts > 1:
-            raise FetchError(
-                f"{self.registry.host} did not accept {self.desc.digest} after two full "
-                "uploads: check the registry's storage and logs"
-            )
-        self.location = None
-        self.sidecar.unlink(missing_ok=True)
-        raise Transient("the registry's copy of the upload did not match; starting it again")
-
-    def _sent(self, n: int) -> None:
-        self.sent += n
-        self.meter.update(min(self.offset + n, self.desc.size))
-
-    def _saved(self) -> str | None:
-        try:
-            data = json.loads(self.sidecar.read_bytes())
-        except (OSError, ValueError):
-            return None
-        location = data.get("location") if isinstance(data, dict) else None
-        return location if isinstance(location, str) and location else None
-
-    def _save(self) -> None:
-        data = json.dumps({"location": self.location, "digest": self.desc.digest}).encode()
-        try:
-            atomic.replace_file(self.sidecar, data, mode=self.mode)
-        except OSError as exc:
-            raise FetchError(f"cannot write {self.sidecar}: {exc.strerror or exc}") from None
-
-
-# --- download --------------------------------------------------------------------------------
 
 
 class _Hasher:
