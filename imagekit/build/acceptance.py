@@ -16,10 +16,9 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagekit import provenance
-from imagekit.boot import BootOptions, SeedSpec, boot_check
 from imagekit.build.layers import StepRun
 from imagekit.check import Profile, check_image, load_profile
 from imagekit.core.digest import hexpart, identity, keyed_digest
@@ -29,6 +28,9 @@ from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.media import MEDIA_EVIDENCE_BOOT_LOG
 from imagekit.progress import ProgressEvent
 from imagekit.recipe import BootTest, ProfileCheck, Recipe
+
+if TYPE_CHECKING:  # the boot code loads only when a [test] runs: warm builds skip it
+    from imagekit.boot import BootOptions
 
 TEST_CODE_VERSION = 1  # bump when what a passed test means changes: recorded passes re-run
 CHECK_CODE_VERSION = 1  # bump when the readers change what they find: recorded reports re-run
@@ -100,6 +102,8 @@ def prove(acceptance: Acceptance, run: StepRun, unproven: Unproven) -> Proof:
 
 def boot_options(test: BootTest) -> BootOptions:
     """``[test]`` as the boot check's options, as ``imagekit boot`` takes them."""
+    from imagekit.boot import BootOptions, SeedSpec
+
     ci = test.cloud_init
     spec = None
     if ci is not None:
@@ -137,6 +141,8 @@ def _boot(
         if recorded.get("test", {}).get("passed") and log is not None:
             run.progress(ProgressEvent("test", f"{acceptance.ref}: passed its boot test before"))
             return dict(recorded["test"]), log
+        from imagekit.boot import boot_check
+
         try:
             report = boot_check(layout, unproven(), boot_options(test), progress=run.progress)
         except BootError as exc:

@@ -22,8 +22,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import guestfs
-
 from imagekit import config
 from imagekit.config import ACCEL_ENV
 from imagekit.core.atomic import replace_file
@@ -188,6 +186,8 @@ def launch(
     progress: ProgressCallback = ignore_progress,
 ) -> Any:
     """Add ``drives`` and launch the appliance; the caller must shut it down (see ``launched``)."""
+    import guestfs  # loaded by the first launch only: a warm build never pays for it
+
     mode = accel()
     auto = config.accel_choice() == "auto"
     g = guestfs.GuestFS(python_return_dict=True)

@@ -12,7 +12,6 @@ qemu runs in its own process group, killed on every exit path, and dies with us 
 
 from __future__ import annotations
 
-import http.server
 import os
 import re
 import select
@@ -323,6 +322,8 @@ def serve_files(files: Mapping[str, bytes]) -> Iterator[int]:
     The guest reaches it as ``http://10.0.2.2:PORT/`` through qemu's user networking; nothing
     beyond this host's loopback can.
     """
+    import http.server
+
     bodies = dict(files)
 
     class Handler(http.server.BaseHTTPRequestHandler):
