@@ -13,13 +13,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagekit import catalog, customize, provenance
 from imagekit.build import acceptance
 from imagekit.build.cache import BuildCache
 from imagekit.build.layers import LayerReport, Layers, StepRun, apply_steps
-from imagekit.build.remote import RemoteCache
 from imagekit.core.digest import file_digest, hexpart, identity
 from imagekit.core.refs import parse_ref
 from imagekit.image import Image
@@ -33,9 +32,11 @@ from imagekit.recipe import (
     ScratchSource,
     load_base,
 )
-from imagekit.sources import http, scratch
-from imagekit.sources.kickstart import install as kickstart
+from imagekit.sources import scratch
 from imagekit.sources.session import Session
+
+if TYPE_CHECKING:  # the registry client loads only with --cache-from/--cache-to
+    from imagekit.build.remote import RemoteCache
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,8 @@ def _http_base(builder: Builder, recipe: Recipe, source: HttpSource) -> tuple[Im
     hit = cache.get(key) if builder.use_cache else None
     if hit is not None:
         return Image.from_descriptor(session.layout, hit, cached=True), True
+    from imagekit.sources import http  # the download code loads for downloaded bases only
+
     image = http.fetch_image(session, recipe)
     cache.put(key, Descriptor(image.manifest["mediaType"], image.digest, 0))
     return image, False
@@ -187,6 +190,8 @@ def _http_base(builder: Builder, recipe: Recipe, source: HttpSource) -> tuple[Im
 def http_base_identity(session: Session, recipe: Recipe, source: HttpSource) -> Any:
     """What a downloaded base is keyed by: the source alone (not the steps), its verified
     upstream identity and its key files. Nightly builds compare it too (build/inputs.py)."""
+    from imagekit.sources import http
+
     source_only = replace(
         recipe, customize=(), text=json.dumps(asdict(source), default=str, sort_keys=True)
     )
@@ -203,6 +208,8 @@ def _kickstart_base(
 
     The key lock makes a concurrent identical build wait for the first one and reuse it.
     """
+    from imagekit.sources.kickstart import install as kickstart
+
     session, cache = builder.session, builder.cache
     prepared = kickstart.prepare(session, recipe, source)
     with session.layout.digest_lock(f"kickstart-{hexpart(prepared.key)}"):

@@ -124,7 +124,6 @@ class Store(RegistryMethods, MachineMethods):
         which lookups need a signature. ``insecure`` allows plain http to that registry.
         """
         from imagekit.build import Builder, build
-        from imagekit.build.remote import CacheOptions, RemoteCache
 
         key = self._signing_key(sign_key, None) if sign_key is not None else None
         from imagekit.recipe import load_recipe
@@ -133,6 +132,8 @@ class Store(RegistryMethods, MachineMethods):
         session = self._session(progress, network, transport)
         remote = None
         if cache_from or cache_to:
+            from imagekit.build.remote import CacheOptions, RemoteCache
+
             options = CacheOptions(cache_from, cache_to, insecure, transport, self.trust, key)
             remote = RemoteCache(self, options, session.progress)
         builder = Builder(session, use_cache, remote)
