@@ -24,7 +24,8 @@ from imagekit.core.digest import hexpart
 from imagekit.errors import FetchError, StoreError, VerificationError
 from imagekit.net.transport import Transient
 from imagekit.oci.layout import Descriptor, Layout
-from imagekit.oci.registry import PIECE, Registry, fail
+from imagekit.oci.registry import Registry
+from imagekit.oci.wire import PIECE, fail
 from imagekit.progress import Meter
 
 if TYPE_CHECKING:

@@ -19,7 +19,8 @@ from typing import Any
 from imagekit.errors import FetchError
 from imagekit.oci import retention
 from imagekit.oci.media import signature_tag
-from imagekit.oci.registry import Registry, read_capped
+from imagekit.oci.registry import Registry
+from imagekit.oci.wire import read_capped
 
 _CONFIG_MAX = 1 << 20  # a config blob read only for its creation time
 _CHAIN_MAX = 64  # subject links followed from one kept image

@@ -12,26 +12,25 @@ https otherwise.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
-from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlencode, urljoin
 
 from imagekit.core.digest import sha256_bytes
 from imagekit.errors import FetchError, VerificationError
-from imagekit.net.transport import HEADERS, Transient, Transport, content_length
+from imagekit.net.transport import HEADERS, Transport, content_length
 from imagekit.oci.auth import Authenticator, Credentials, is_loopback
 from imagekit.oci.media import MANIFEST_MEDIA
+from imagekit.oci.wire import FileChunk, error_text, fail, read_capped, with_query
 
 if TYPE_CHECKING:
     import requests
 
 MANIFEST_MAX = 4 << 20  # the distribution spec's limit for a manifest body
-PIECE = 1 << 20  # bytes per read or write when a body streams
 BLOB_SETTLE = (0.1, 0.3, 1.0)  # seconds between asks while a manifest's blob is mid-commit
 _RANGE = re.compile(r"(?:bytes=)?0-(\d+)")
 _T = TypeVar("_T")
@@ -266,7 +265,7 @@ class Registry:
                 if resp.status_code == 405:
                     raise DeleteRefused(
                         f"{self.host} does not allow deleting manifests (HTTP 405"
-                        f"{_error_text(resp)}); enable deletes on the registry "
+                        f"{error_text(resp)}); enable deletes on the registry "
                         "(distribution: storage.delete.enabled: true)"
                     )
                 if resp.status_code not in (200, 202):
@@ -401,75 +400,3 @@ class Registry:
         if not location:
             raise FetchError(f"{self.host} started an upload without a Location header")
         return urljoin(url, location)
-
-
-class FileChunk:
-    """``length`` bytes of an open file from ``offset``, streamed in pieces as a request body.
-
-    Iterable with a length, so requests sends a Content-Length and never holds the chunk whole.
-    """
-
-    def __init__(self, file: IO[bytes], offset: int, length: int) -> None:
-        self.file, self.offset, self.length = file, offset, length
-        self.sent: Callable[[int], None] = lambda n: None
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self) -> Iterator[memoryview]:
-        """The chunk in pieces read into one reused buffer: no allocation (and no page
-        faults of a fresh 1 MiB block) per piece; each piece is sent before the next is read."""
-        buffer = bytearray(min(PIECE, self.length))
-        view = memoryview(buffer)
-        left, position = self.length, self.offset
-        while left:
-            n = os.preadv(self.file.fileno(), [view[: min(PIECE, left)]], position)
-            if not n:
-                raise FetchError(f"{self.file.name} ended while uploading it; was it changed?")
-            left -= n
-            position += n
-            yield view[:n]
-            self.sent(n)
-
-
-def with_query(url: str, params: dict[str, str]) -> str:
-    """``url`` with ``params`` added to whatever query it has (upload URLs carry state)."""
-    parts = urlsplit(url)
-    query = "&".join(q for q in (parts.query, urlencode(params)) if q)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
-
-
-def read_capped(resp: requests.Response, limit: int, what: str) -> bytes:
-    body = bytearray()
-    for piece in resp.raw.stream(PIECE, decode_content=False):
-        body += piece
-        if len(body) > limit:
-            raise FetchError(f"{what} is larger than {limit} bytes; refusing it")
-    length = content_length(resp)
-    if length is not None and len(body) < length:
-        raise Transient(f"connection closed after {len(body)} of {length} bytes")
-    return bytes(body)
-
-
-def fail(resp: requests.Response, what: str) -> NoReturn:
-    """Server trouble is retried; anything else is a one-line error with the registry's reason."""
-    status = resp.status_code
-    if status >= 500 or status in (408, 429):
-        raise Transient(f"HTTP {status} {resp.reason}")
-    reason = _error_text(resp)
-    if status == 403:
-        raise FetchError(
-            f"{what}: access denied (HTTP 403{reason}); check that your account may do this"
-        )
-    raise FetchError(f"{what}: HTTP {status}{reason}")
-
-
-def _error_text(resp: requests.Response) -> str:
-    """The registry's own error codes (``BLOB_UNKNOWN: ...``), short, for the message."""
-    try:
-        body = resp.raw.read(64 << 10, decode_content=True)
-        errors = json.loads(body).get("errors") or []
-        text = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors[:3])
-    except (ValueError, AttributeError, TypeError, OSError):
-        return ""
-    return f", {text[:300]}" if text else ""

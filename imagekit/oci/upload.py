@@ -21,7 +21,8 @@ from imagekit.core.digest import hexpart, identity
 from imagekit.errors import FetchError
 from imagekit.net.transport import Transient
 from imagekit.oci.layout import Descriptor, Layout
-from imagekit.oci.registry import FileChunk, RangeMismatch, Registry
+from imagekit.oci.registry import RangeMismatch, Registry
+from imagekit.oci.wire import FileChunk
 from imagekit.progress import Meter
 
 _HINTS_MAX = 20000

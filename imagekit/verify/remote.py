@@ -25,8 +25,9 @@ from imagekit.oci.media import (
     signature_tag,
 )
 from imagekit.oci.reference import RegistryRef
-from imagekit.oci.registry import Registry, fail, read_capped
+from imagekit.oci.registry import Registry
 from imagekit.oci.transfer import TransferOptions
+from imagekit.oci.wire import fail, read_capped
 from imagekit.progress import Meter, ProgressCallback, ignore_progress
 from imagekit.verify import stored
 from imagekit.verify.cosign import (

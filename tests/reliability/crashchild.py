@@ -123,9 +123,9 @@ def run(spec: dict[str, Any]) -> None:
     if spec.get("upload_byte") is not None:
         kill_at_upload_byte(int(spec["upload_byte"]))
     if spec.get("piece"):  # smaller pieces of a request body: a small chunk has several
-        from imagekit.oci import registry
+        from imagekit.oci import wire
 
-        registry.PIECE = int(spec["piece"])
+        wire.PIECE = int(spec["piece"])
     if spec.get("call"):
         kill_at_call(spec["call"], int(spec.get("nth", 1)))
     if spec.get("unlink"):
