@@ -355,6 +355,7 @@ class Facts:
     root_bytes: int
     autorelabel: bool
     launches: int
+    kernel_command_line: str  # what the appliance's kernel was booted with, from its own log
 
 
 @pytest.fixture(scope="session")
@@ -376,12 +377,26 @@ def facts(customized: Customized) -> Facts:
             root_bytes=vfs["blocks"] * vfs["bsize"],
             autorelabel=g.is_file("/.autorelabel"),
             launches=events.launches,
+            kernel_command_line=next(
+                line.partition("Kernel command line:")[2]
+                for line in g.dmesg().splitlines()
+                if "Kernel command line:" in line
+            ),
         )
 
 
 @pytest.mark.guestfs
 def test_launch_counts(guest_image: GuestImage, customized: Customized, facts: Facts) -> None:
     assert (guest_image.launches, customized.launches, facts.launches) == (1, 1, 1)
+
+
+@pytest.mark.guestfs
+def test_the_appliance_kernel_is_lightened_under_tcg(facts: Facts) -> None:
+    """Under TCG the appliance boots with TCG_KERNEL_ARGS, after libguestfs's own arguments."""
+    words = facts.kernel_command_line.split()
+    assert "root=UUID" in facts.kernel_command_line  # libguestfs's own arguments are kept
+    lightened = [arg in words for arg in guest.TCG_KERNEL_ARGS]
+    assert all(lightened) if guest.accel() == "tcg" else not any(lightened)
 
 
 @pytest.mark.guestfs

@@ -30,6 +30,11 @@ from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
 
 PROBE_SECONDS = 3.0
 MEMSIZE_MIB = 1280  # libguestfs's default appliance memory (`guestfish get-memsize`)
+# Under TCG every guest instruction is emulated, so the appliance kernel skips work that only
+# hardens a long-lived guest against its own processes: zeroing each page it allocates, Spectre
+# and Meltdown mitigations, slow RCU grace periods. The appliance runs one job for one process
+# (the host's isolation from it is the host kernel's and qemu's); a launch takes ~13 % less.
+TCG_KERNEL_ARGS = ("init_on_alloc=0", "mitigations=off", "rcupdate.rcu_expedited=1")
 
 
 @dataclass(frozen=True)
@@ -198,6 +203,8 @@ def launch(
         if mode == "tcg" or not auto:  # an auto-chosen KVM keeps libguestfs's TCG fallback
             settings.append(f"force_{mode}")
         g.set_backend_settings(settings)
+        if mode == "tcg":  # after $LIBGUESTFS_APPEND, which libguestfs has read
+            g.set_append(" ".join(filter(None, [g.get_append(), *TCG_KERNEL_ARGS])))
         g.set_network(network)
         g.set_smp(min(2, os.cpu_count() or 1))  # boots ~30% faster under TCG
         if memsize_mb is not None:
