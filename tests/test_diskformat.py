@@ -17,7 +17,16 @@ MiB = 1024 * 1024
 
 
 def make(*args: str) -> None:
-    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
+    """Run qemu-img; LUKS creation is asked again when its PBKDF timing fails.
+
+    qemu-img times PBKDF iterations by CPU time, and on some VMs that reading is too coarse:
+    "Unable to get accurate CPU usage" (a quarter of 40 tries on one CI machine).
+    """
+    for _attempt in range(10):
+        done = subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=False)
+        if "Unable to get accurate CPU usage" not in done.stderr:
+            break
+    assert done.returncode == 0, done.stderr
 
 
 def qcow2(tmp_path: Path, name: str = "disk.qcow2", *options: str) -> Path:
