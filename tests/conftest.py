@@ -20,6 +20,19 @@ REAL = REPO / "tests" / "data" / "real"
 KEYS = REPO / "recipes" / "keys"
 
 
+def run_qemu_img(*args: str) -> None:
+    """Run qemu-img, asking again when creating a LUKS disk fails its PBKDF timing.
+
+    qemu-img times PBKDF iterations by CPU time, and on some VMs that reading is too coarse:
+    "Unable to get accurate CPU usage" (10 of 40 tries on one CI machine).
+    """
+    for _attempt in range(10):
+        done = subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=False)
+        if "Unable to get accurate CPU usage" not in done.stderr:
+            break
+    assert done.returncode == 0, done.stderr
+
+
 def make_qcow2(path: Path, *, size: int = 4 << 20, seed: int = 0) -> bytes:
     """A qcow2 whose first ``size`` bytes are seeded random data; returns its bytes."""
     raw = path.with_suffix(".raw")

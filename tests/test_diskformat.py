@@ -12,26 +12,14 @@ from imagekit.disk import header as diskformat
 from imagekit.disk import qemu_img
 from imagekit.errors import ImagekitError, UnsafeImageError
 from imagekit.progress import ProgressEvent
+from tests.conftest import run_qemu_img
 
 MiB = 1024 * 1024
 
 
-def make(*args: str) -> None:
-    """Run qemu-img; LUKS creation is asked again when its PBKDF timing fails.
-
-    qemu-img times PBKDF iterations by CPU time, and on some VMs that reading is too coarse:
-    "Unable to get accurate CPU usage" (a quarter of 40 tries on one CI machine).
-    """
-    for _attempt in range(10):
-        done = subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=False)
-        if "Unable to get accurate CPU usage" not in done.stderr:
-            break
-    assert done.returncode == 0, done.stderr
-
-
 def qcow2(tmp_path: Path, name: str = "disk.qcow2", *options: str) -> Path:
     path = tmp_path / name
-    make("create", "-q", "-f", "qcow2", *options, str(path), "64M")
+    run_qemu_img("create", "-q", "-f", "qcow2", *options, str(path), "64M")
     return path
 
 
@@ -138,13 +126,13 @@ def test_other_formats_where_qcow2_was_promised_are_refused(tmp_path: Path, fmt:
             capture_output=True,
         )
     else:
-        make("create", "-q", "-f", fmt, str(path), "16M")
+        run_qemu_img("create", "-q", "-f", fmt, str(path), "16M")
     assert f"detected format {fmt!r}" in refused(path)
 
 
 def test_flat_vmdk_message_names_its_extent_files(tmp_path: Path) -> None:
     path = tmp_path / "disk.qcow2"
-    make("create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", str(path), "1M")
+    run_qemu_img("create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", str(path), "1M")
     message = refused(path, "raw")
     assert "createType 'monolithicFlat'" in message
     assert "'disk-flat.qcow2'" in message

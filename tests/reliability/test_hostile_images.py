@@ -18,20 +18,16 @@ import pytest
 import imagekit
 from imagekit.errors import UnsafeImageError
 from imagekit.store import Store
-from tests.conftest import Upstream, make_qcow2
+from tests.conftest import Upstream, make_qcow2, run_qemu_img
 from tests.reliability import figures
 from tests.reliability.storecheck import assert_consistent
 
 MiB = 1 << 20
 
 
-def qemu_img(*args: str) -> None:
-    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
-
-
 def created(tmp: Path, fmt: str, *options: str, size: str = "64M") -> bytes:
     path = tmp / f"made.{fmt}"
-    qemu_img("create", "-q", "-f", fmt, *options, str(path), size)
+    run_qemu_img("create", "-q", "-f", fmt, *options, str(path), size)
     return path.read_bytes()
 
 
