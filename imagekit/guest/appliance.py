@@ -30,10 +30,9 @@ from imagekit.progress import ProgressCallback, ProgressEvent, ignore_progress
 
 PROBE_SECONDS = 3.0
 MEMSIZE_MIB = 1280  # libguestfs's default appliance memory (`guestfish get-memsize`)
-# Under TCG every guest instruction is emulated, so the appliance kernel skips work that only
-# hardens a long-lived guest against its own processes: zeroing each page it allocates, Spectre
-# and Meltdown mitigations, slow RCU grace periods. The appliance runs one job for one process
-# (the host's isolation from it is the host kernel's and qemu's); a launch takes ~13 % less.
+# Emulated, hardening a long-lived guest against its own processes (page zeroing, Spectre
+# mitigations, slow RCU grace periods) is a cost that a one-job appliance gains nothing from;
+# what it saves is measured in docs/customize.md, "The appliance".
 TCG_KERNEL_ARGS = ("init_on_alloc=0", "mitigations=off", "rcupdate.rcu_expedited=1")
 
 
