@@ -11,6 +11,7 @@ import contextlib
 import functools
 import hashlib
 import http.client
+import mmap
 import os
 import queue
 import re
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
     import requests
 
 _BUFFERS = 8  # pieces read ahead of the hashing thread: 8 MiB at most
-_FLUSH_EVERY = 32 << 20  # bytes of a download between write-backs started while it arrives
+_LARGE = 32 << 20  # a blob this large is written around the page cache (or flushed as it comes)
+_ALIGN = 4096  # what O_DIRECT asks of a write's offset, length and memory (4Kn disks included)
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
 _R = TypeVar("_R")
 
@@ -43,13 +45,14 @@ class _Hasher:
     Pieces are read into a pool of at most ``_BUFFERS`` reused buffers of ``size`` bytes (no
     allocation, no copy per piece), made as the reader gets ahead; a buffer goes back to the
     pool once hashed, so memory stays bounded. hashlib lets go of the GIL on large buffers.
+    The buffers are anonymous maps: page-aligned, as a write with O_DIRECT needs.
     """
 
     def __init__(self, size: int) -> None:
         self._sha = hashlib.sha256()
         self._size, self._made = size, 0
-        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        self._queue: queue.SimpleQueue[tuple[memoryview, bytearray] | None] = queue.SimpleQueue()
+        self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[memoryview, mmap.mmap] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="imagekit-hash", daemon=True)
         self._thread.start()
 
@@ -60,21 +63,21 @@ class _Hasher:
             piece.release()
             self._free.put(buffer)
 
-    def buffer(self) -> bytearray:
+    def buffer(self) -> mmap.mmap:
         """A buffer to read the next piece into; waits while every one is still to be hashed."""
         if self._made < _BUFFERS:
             try:
                 return self._free.get_nowait()
             except queue.Empty:
                 self._made += 1
-                return bytearray(self._size)
+                return mmap.mmap(-1, self._size)
         return self._free.get()
 
-    def give_back(self, buffer: bytearray) -> None:
+    def give_back(self, buffer: mmap.mmap) -> None:
         """A buffer that holds nothing to hash (a read that ended or failed)."""
         self._free.put(buffer)
 
-    def update(self, piece: memoryview, buffer: bytearray) -> None:
+    def update(self, piece: memoryview, buffer: mmap.mmap) -> None:
         """Hash ``piece``, a view of ``buffer``, which returns to the pool once hashed."""
         self._queue.put((piece, buffer))
 
@@ -90,7 +93,7 @@ class _Hasher:
 
 
 class _Flusher:
-    """fdatasync on a thread of its own each time ``_FLUSH_EVERY`` more bytes were written.
+    """fdatasync on a thread of its own each time ``_LARGE`` more bytes were written.
 
     The disk then writes a large blob while it arrives, and the fsync that makes it durable
     before commit waits for the tail alone. An error here is left for that fsync to report.
@@ -113,7 +116,7 @@ class _Flusher:
 
     def wrote(self, n: int) -> None:
         self._pending += n
-        if self._pending >= _FLUSH_EVERY:
+        if self._pending >= _LARGE:
             self._pending = 0
             self._wake.set()
 
@@ -124,7 +127,7 @@ class _Flusher:
         self._thread.join()
 
 
-Reader = Callable[[bytearray], int]  # readinto: fills a buffer, returns the count (0: the end)
+Reader = Callable[[memoryview], int]  # readinto: fills a buffer, returns the count (0: the end)
 
 
 class Partial:
@@ -137,7 +140,9 @@ class Partial:
         self._hash = _Hasher(self._piece_size)
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         self._fd = _guarded(path, lambda: os.open(path, flags, mode))
-        self._flusher = _Flusher(self._fd) if desc.size > _FLUSH_EVERY else None
+        self._direct = _open_direct(path) if desc.size > _LARGE else None
+        large_buffered = self._direct is None and desc.size > _LARGE
+        self._flusher = _Flusher(self._fd) if large_buffered else None
         self._adopt()
 
     def _adopt(self) -> None:
@@ -150,7 +155,6 @@ class Partial:
 
     def reset(self) -> None:
         _guarded(self.path, lambda: os.ftruncate(self._fd, 0))
-        os.lseek(self._fd, 0, os.SEEK_SET)
         self._hash.stop()
         self._hash = _Hasher(self._piece_size)
         self.size = self.adopted = 0
@@ -169,7 +173,7 @@ class Partial:
         hasher = self._hash  # a refused piece resets the Partial, and with it the hasher
         buffer = hasher.buffer()
         try:
-            n = read(buffer)
+            n = read(memoryview(buffer))
             if n and append:
                 self.write(memoryview(buffer)[:n])
         except BaseException:
@@ -182,16 +186,30 @@ class Partial:
         return n
 
     def write(self, data: memoryview) -> None:
-        """Append ``data`` to the file (the caller hashes it and counts it)."""
+        """Append ``data`` to the file (the caller hashes it and counts it).
+
+        A large blob's whole pieces go around the page cache (O_DIRECT): the store keeps it on
+        disk anyway, and caching it would take as many fresh pages as the blob is large. The
+        tail, or all of it where the filesystem refuses O_DIRECT, is written through the cache.
+        """
         if self.size + len(data) > self.desc.size:
             self.discard()
             raise VerificationError(
                 f"blob {self.desc.digest} is longer than the {self.desc.size} bytes its manifest "
                 "says; the registry serves other bytes, nothing was stored"
             )
+        offset = self.size
         while data:
-            n = _guarded(self.path, functools.partial(os.write, self._fd, data))
-            data = data[n:]
+            if self._direct is not None and offset % _ALIGN == 0 and len(data) % _ALIGN == 0:
+                try:
+                    n = os.pwrite(self._direct, data, offset)
+                except OSError:  # refused (alignment, filesystem) or failing: the cache says why
+                    os.close(self._direct)
+                    self._direct = None
+                    continue
+            else:
+                n = _guarded(self.path, functools.partial(os.pwrite, self._fd, data, offset))
+            data, offset = data[n:], offset + n
 
     def finish(self) -> None:
         """Refuse the bytes unless their size and digest are the descriptor's; then fsync."""
@@ -213,10 +231,20 @@ class Partial:
         self._hash.stop()
         if self._flusher is not None:
             self._flusher.stop()
+        if self._direct is not None:
+            os.close(self._direct)
         os.close(self._fd)
 
 
-def _read_file(fd: int, buffer: bytearray) -> int:
+def _open_direct(path: Path) -> int | None:
+    """A second descriptor of ``path`` that writes around the page cache, if its filesystem can."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT)
+    except OSError:
+        return None
+
+
+def _read_file(fd: int, buffer: memoryview) -> int:
     return os.readv(fd, [buffer])
 
 
