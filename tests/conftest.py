@@ -20,6 +20,12 @@ REAL = REPO / "tests" / "data" / "real"
 KEYS = REPO / "recipes" / "keys"
 
 
+def cached_bytes(path: Path) -> int:
+    """How much of ``path`` is in the page cache (util-linux's fincore)."""
+    command = ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)]
+    return int(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+
+
 def run_qemu_img(*args: str) -> None:
     """Run qemu-img, asking again when creating a LUKS disk fails its PBKDF timing.
 

@@ -15,7 +15,7 @@ import pytest
 
 import imagekit
 from imagekit.store import Store
-from tests.conftest import REPO, Upstream, make_qcow2
+from tests.conftest import REPO, Upstream, cached_bytes, make_qcow2
 from tests.gpgtools import TestKey, detach_sign
 from tests.httpserver import LoopbackServer
 
@@ -366,6 +366,18 @@ def test_kill_9_mid_download_resumes_with_only_the_rest(
     assert [e.range for e in resumed] == [f"bytes={partial}-"]
     assert upstream.server.sent(f"/pub/{FILENAME}") == len(big) - partial
     assert store.fsck().ok
+
+
+@pytest.mark.parametrize("connections", [1, 4])
+def test_a_large_download_leaves_only_its_tail_in_the_page_cache(
+    store: Store, upstream: Upstream, tmp_path: Path, connections: int
+) -> None:
+    """Written back and dropped every 32 MiB as it arrives, over one stream or segments."""
+    big = make_qcow2(tmp_path / "big.qcow2", size=40 << 20, seed=12)
+    upstream.publish(FILENAME, big)
+    image = store.pull(imagekit.load_recipe(upstream.recipe(FILENAME)), connections=connections)
+    assert cached_bytes(image.path) <= len(big) - (30 << 20)  # the first 32 MiB are dropped
+    assert image.path.read_bytes() == big
 
 
 def test_offline_pull_uses_cached_evidence_and_stored_bytes_only(

@@ -42,7 +42,7 @@ from imagekit.oci.reference import RegistryRef
 from imagekit.oci.registry import Registry
 from imagekit.sources.registry import RegistryPull, local_ref
 from imagekit.store import Store
-from tests.conftest import Upstream, make_qcow2
+from tests.conftest import Upstream, cached_bytes, make_qcow2
 from tests.events import Events
 from tests.registry import (
     RunningRegistry,
@@ -322,12 +322,6 @@ def test_a_pull_fetches_a_chains_blobs_in_parallel_three_at_a_time(
     assert pulled.image.digest == chain.top.digest
 
 
-def _cached_bytes(path: Path) -> int:
-    """How much of ``path`` is in the page cache (util-linux's fincore)."""
-    command = ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)]
-    return int(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-
-
 def test_a_large_layer_is_written_around_the_page_cache(
     registry: RunningRegistry, tmp_path: Path
 ) -> None:
@@ -343,7 +337,7 @@ def test_a_large_layer_is_written_around_the_page_cache(
     image = other.pull(registry.ref("images/large"))
     blob = other.blob_path(chain.base_disk.digest)
     assert chain.base_disk.size > 32 << 20
-    assert _cached_bytes(blob) < 1 << 20  # the header and tables the checks read, not 40 MiB
+    assert cached_bytes(blob) < 1 << 20  # the header and tables the checks read, not 40 MiB
     assert file_digest(blob) == chain.base_disk.digest
     assert image.digest == chain.base.digest and other.fsck().ok
 

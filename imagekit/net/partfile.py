@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from imagekit.core.atomic import disk_full, replace_file
+from imagekit.core.writeback import WriteBack
 from imagekit.errors import FetchError
 from imagekit.progress import ProgressCallback, ProgressEvent
 
@@ -236,12 +237,19 @@ class Partial:
         """Yield a writer appending at ``size``; digests follow exactly what reached the file."""
         with writing(self.path):
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        writeback = WriteBack(fd)
         try:
             with writing(self.path):
                 os.ftruncate(fd, self.size)  # drop any tail the digests do not cover
                 os.lseek(fd, self.size, os.SEEK_SET)
-            yield lambda data: self._write(fd, data)
+
+            def write(data: bytes) -> None:
+                self._write(fd, data)
+                writeback.written(self.size)
+
+            yield write
         finally:
+            writeback.stop()
             os.close(fd)
 
     def _write(self, fd: int, data: bytes) -> None:

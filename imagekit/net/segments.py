@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagekit.core.atomic import replace_file
+from imagekit.core.writeback import WriteBack
 from imagekit.errors import FetchError
 from imagekit.net.partfile import (
     FetchResult,
@@ -230,8 +231,12 @@ class _Fetch:
         ]
         for worker in workers:
             worker.start()
+        writeback = WriteBack(fd)
         try:
-            digests = self._hash(fd)
+            try:
+                digests = self._hash(fd, writeback)
+            finally:
+                writeback.stop()
             with writing(self.part):
                 os.fsync(fd)
         except BaseException as exc:
@@ -261,8 +266,10 @@ class _Fetch:
             transferred=self.transferred,
         )
 
-    def _hash(self, fd: int) -> dict[str, str]:
-        """Hash every byte in order as the frontier passes it; raise what stopped a worker."""
+    def _hash(self, fd: int, writeback: WriteBack) -> dict[str, str]:
+        """Hash every byte in order as the frontier passes it; raise what stopped a worker.
+
+        What is hashed is read no more: ``writeback`` may write it back and drop its pages."""
         segs = self.segments
         hashers = [hashlib.new(a) for a in self.request.algorithms]
         hashed = 0
@@ -281,6 +288,7 @@ class _Fetch:
                 for h in hashers:
                     h.update(block)
                 hashed += len(block)
+                writeback.written(hashed)
         return {a: h.hexdigest() for a, h in zip(self.request.algorithms, hashers, strict=True)}
 
     def _work(self, fd: int, worker: int) -> None:

@@ -7,7 +7,6 @@ objects; nothing enters ``blobs/`` before its size and digest are the descriptor
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import http.client
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from imagekit.core import atomic
 from imagekit.core.digest import hexpart
+from imagekit.core.writeback import WriteBack
 from imagekit.errors import FetchError, StoreError, VerificationError
 from imagekit.net.transport import Transient
 from imagekit.oci.layout import Descriptor, Layout
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import requests
 
 _BUFFERS = 8  # pieces read ahead of the hashing thread: 8 MiB at most
-_LARGE = 32 << 20  # a blob this large is written around the page cache (or flushed as it comes)
+_LARGE = 32 << 20  # a blob this large is written around the page cache (else written back)
 _ALIGN = 4096  # what O_DIRECT asks of a write's offset, length and memory (4Kn disks included)
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
 _R = TypeVar("_R")
@@ -92,41 +92,6 @@ class _Hasher:
             self._thread.join()
 
 
-class _Flusher:
-    """fdatasync on a thread of its own each time ``_LARGE`` more bytes were written.
-
-    The disk then writes a large blob while it arrives, and the fsync that makes it durable
-    before commit waits for the tail alone. An error here is left for that fsync to report.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd, self._pending, self._done = fd, 0, False
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="imagekit-flush", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._done:
-                return
-            with contextlib.suppress(OSError):
-                os.fdatasync(self._fd)
-
-    def wrote(self, n: int) -> None:
-        self._pending += n
-        if self._pending >= _LARGE:
-            self._pending = 0
-            self._wake.set()
-
-    def stop(self) -> None:
-        """Wait for a write-back under way: the file descriptor may be closed afterwards."""
-        self._done = True
-        self._wake.set()
-        self._thread.join()
-
-
 Reader = Callable[[memoryview], int]  # readinto: fills a buffer, returns the count (0: the end)
 
 
@@ -141,8 +106,7 @@ class Partial:
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         self._fd = _guarded(path, lambda: os.open(path, flags, mode))
         self._direct = _open_direct(path) if desc.size > _LARGE else None
-        large_buffered = self._direct is None and desc.size > _LARGE
-        self._flusher = _Flusher(self._fd) if large_buffered else None
+        self._writeback = WriteBack(self._fd)  # for what goes through the cache, hashed already
         self._adopt()
 
     def _adopt(self) -> None:
@@ -164,8 +128,8 @@ class Partial:
         n = self._piece(read, append=True)
         self.size += n
         self.received += n
-        if self._flusher is not None:
-            self._flusher.wrote(n)
+        if self._direct is None:  # a direct write is on disk already: no fdatasync for it
+            self._writeback.written(self.size)
         return n
 
     def _piece(self, read: Reader, *, append: bool) -> int:
@@ -190,7 +154,8 @@ class Partial:
 
         A large blob's whole pieces go around the page cache (O_DIRECT): the store keeps it on
         disk anyway, and caching it would take as many fresh pages as the blob is large. The
-        tail, or all of it where the filesystem refuses O_DIRECT, is written through the cache.
+        tail, or all of it where the filesystem refuses O_DIRECT, goes through the cache and is
+        written back as it comes (``core/writeback.py``).
         """
         if self.size + len(data) > self.desc.size:
             self.discard()
@@ -229,8 +194,7 @@ class Partial:
 
     def close(self) -> None:
         self._hash.stop()
-        if self._flusher is not None:
-            self._flusher.stop()
+        self._writeback.stop()
         if self._direct is not None:
             os.close(self._direct)
         os.close(self._fd)
