@@ -121,6 +121,8 @@ class Partial:
         _guarded(self.path, lambda: os.ftruncate(self._fd, 0))
         self._hash.stop()
         self._hash = _Hasher(self._piece_size)
+        self._writeback.stop()  # its mark was the old bytes'
+        self._writeback = WriteBack(self._fd)
         self.size = self.adopted = 0
 
     def fill(self, read: Reader) -> int:
