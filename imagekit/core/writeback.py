@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from types import TracebackType
 
 EVERY = 32 << 20
 
@@ -59,3 +60,11 @@ class WriteBack:
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
+
+    def __enter__(self) -> WriteBack:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

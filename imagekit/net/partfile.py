@@ -159,6 +159,18 @@ def recorded_segments(meta: dict[str, Any], url: str) -> SegmentRecord | None:
     )
 
 
+def record_segments(sidecar: Path, url: str, record: SegmentRecord) -> None:
+    """Write the sidecar ``recorded_segments`` reads back: ``url``, validators, segments."""
+    meta = {
+        "url": url,
+        "etag": record.etag,
+        "last_modified": record.last_modified,
+        "segments": {"total": record.total, "size": record.size, "done": sorted(record.done)},
+    }
+    with writing(sidecar):
+        replace_file(sidecar, json.dumps(meta).encode())
+
+
 class Partial:
     """``<name>.part``, its sidecar, and the running digests of exactly the bytes on disk."""
 
@@ -237,19 +249,18 @@ class Partial:
         """Yield a writer appending at ``size``; digests follow exactly what reached the file."""
         with writing(self.path):
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        writeback = WriteBack(fd)
         try:
             with writing(self.path):
                 os.ftruncate(fd, self.size)  # drop any tail the digests do not cover
                 os.lseek(fd, self.size, os.SEEK_SET)
+            with WriteBack(fd) as writeback:
 
-            def write(data: bytes) -> None:
-                self._write(fd, data)
-                writeback.written(self.size)
+                def write(data: bytes) -> None:
+                    self._write(fd, data)
+                    writeback.written(self.size)
 
-            yield write
+                yield write
         finally:
-            writeback.stop()
             os.close(fd)
 
     def _write(self, fd: int, data: bytes) -> None:

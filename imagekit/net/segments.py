@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import os
 import threading
 import time
@@ -31,7 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagekit.core.atomic import replace_file
 from imagekit.core.writeback import WriteBack
 from imagekit.errors import FetchError
 from imagekit.net.partfile import (
@@ -40,6 +38,7 @@ from imagekit.net.partfile import (
     SegmentRecord,
     discard,
     read_sidecar,
+    record_segments,
     recorded_segments,
     sidecar_of,
     size_mismatch,
@@ -206,19 +205,10 @@ class _Fetch:
             if not force and now - self._recorded_at < _RECORD_INTERVAL:
                 return
             with self.cond:
-                done = sorted(self.segments.done)
-            meta = {
-                "url": self.request.urls[0],
-                "etag": self.etag,
-                "last_modified": self.last_modified,
-                "segments": {
-                    "total": self.segments.total,
-                    "size": self.segments.size,
-                    "done": done,
-                },
-            }
-            with writing(self.sidecar):
-                replace_file(self.sidecar, json.dumps(meta).encode())
+                done = frozenset(self.segments.done)
+            segs = self.segments
+            record = SegmentRecord(self.etag, self.last_modified, segs.total, segs.size, done)
+            record_segments(self.sidecar, self.request.urls[0], record)
             self._recorded_at = now
 
     # the workers -------------------------------------------------------------------------
@@ -231,12 +221,9 @@ class _Fetch:
         ]
         for worker in workers:
             worker.start()
-        writeback = WriteBack(fd)
         try:
-            try:
+            with WriteBack(fd) as writeback:
                 digests = self._hash(fd, writeback)
-            finally:
-                writeback.stop()
             with writing(self.part):
                 os.fsync(fd)
         except BaseException as exc:
