@@ -24,7 +24,8 @@ from imagekit.disk import header
 from imagekit.errors import ImagekitError, UnsafeImageError, VerificationError
 from imagekit.net.transport import Transport
 from imagekit.oci import transfer
-from imagekit.oci.layout import Descriptor, Layout, layer_annotations
+from imagekit.oci.descriptor import layer_annotations
+from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.media import DISK_FORMATS, MEDIA_DISK_QCOW2, MEDIA_MANIFEST, PARENT_ANNOTATION
 from imagekit.oci.reference import RegistryRef
 from imagekit.oci.registry import Registry

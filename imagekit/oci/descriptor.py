@@ -1,14 +1,23 @@
-"""The OCI descriptor: how the index and manifests name a blob, checked when it is read."""
+"""The OCI descriptor: how the index and manifests name a blob, checked when it is read; the
+descriptors a manifest names, and the annotations a disk layer carries."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from imagekit.core.digest import hexpart
 from imagekit.core.refs import DIGEST_RE
 from imagekit.errors import StoreError
+from imagekit.oci.media import (
+    DISK_FORMATS,
+    MEDIA_INDEX,
+    MEDIA_MANIFEST,
+    PARENT_ANNOTATION,
+    TITLE_ANNOTATION,
+)
 
 _DIGEST = re.compile(DIGEST_RE)
 
@@ -54,3 +63,50 @@ class Descriptor:
         ):
             raise StoreError(f"malformed descriptor {obj!r}: annotations must map str to str")
         return cls(media_type, digest, size, annotations)
+
+
+def check_digest(digest: str) -> str:
+    if not re.fullmatch(DIGEST_RE, digest):
+        raise StoreError(f"malformed digest {digest!r}: expected sha256:<64 lowercase hex>")
+    return digest
+
+
+def manifest_descriptors(obj: Any) -> list[Descriptor]:
+    """The descriptors a manifest (or nested index) references; StoreError if malformed."""
+    if not isinstance(obj, dict) or obj.get("schemaVersion") != 2:
+        raise StoreError("not an OCI manifest with schemaVersion 2")
+    if obj.get("mediaType") == MEDIA_INDEX:
+        items = obj.get("manifests")
+    else:
+        if obj.get("mediaType", MEDIA_MANIFEST) != MEDIA_MANIFEST:
+            raise StoreError(f"unexpected mediaType {obj.get('mediaType')!r}")
+        items = obj.get("layers")
+        if not isinstance(items, list):
+            raise StoreError("'layers' is not a list")
+        items = [obj.get("config"), *items, *([obj["subject"]] if "subject" in obj else [])]
+    if not isinstance(items, list):
+        raise StoreError("'manifests' is not a list")
+    annotations = obj.get("annotations", {})
+    if not isinstance(annotations, dict):
+        raise StoreError("'annotations' is not an object")
+    return [Descriptor.from_json(item) for item in items]
+
+
+def parents(descriptors: Iterable[Descriptor]) -> list[str]:
+    """The parent digests named by overlay layers; StoreError if one is malformed."""
+    return [
+        check_digest(d.annotations[PARENT_ANNOTATION])
+        for d in descriptors
+        if PARENT_ANNOTATION in d.annotations
+    ]
+
+
+def layer_annotations(
+    media_type: str, digest: str, annotations: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """A disk layer gets a file name for tools that save layers as files (oras, skopeo): its
+    blob's hex, the name an overlay's header gives its parent, so saved layers still chain."""
+    found = dict(annotations or {})
+    if media_type in DISK_FORMATS:
+        found.setdefault(TITLE_ANNOTATION, hexpart(digest))
+    return found

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from imagekit.core.digest import hash_stream
 from imagekit.core.refs import BLOB_NAME
 from imagekit.errors import StoreError
-from imagekit.oci.layout import Descriptor, Layout, manifest_descriptors, parents
+from imagekit.oci.descriptor import manifest_descriptors, parents
+from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.media import REF_ANNOTATION
 
 

@@ -58,7 +58,8 @@ from imagekit.core.digest import canonical_json, sha256_bytes
 from imagekit.errors import StoreError
 from imagekit.oci import index, retention
 from imagekit.oci import roots as outside
-from imagekit.oci.layout import Descriptor, Layout, check_digest
+from imagekit.oci.descriptor import check_digest
+from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.mark import mark, mark_signatures, ref_of, signed, signed_subject
 from imagekit.oci.memo import LiveSet, Memo, Swept
 from imagekit.oci.sweep import sweep_blobs, sweep_locks, sweep_roots, sweep_tmp

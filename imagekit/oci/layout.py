@@ -19,21 +19,19 @@ from typing import Any, cast
 from imagekit.core import atomic
 from imagekit.core.digest import canonical_json, hash_stream, hexpart, sha256_bytes
 from imagekit.core.locking import FileLock
-from imagekit.core.refs import DIGEST_RE, parse_ref
+from imagekit.core.refs import parse_ref
 from imagekit.errors import StoreError
 from imagekit.oci import index, lookup
 from imagekit.oci.access import Access
 from imagekit.oci.descriptor import Descriptor as Descriptor  # re-exported: callers import it here
+from imagekit.oci.descriptor import check_digest, layer_annotations, manifest_descriptors
 from imagekit.oci.index import IndexFile
 from imagekit.oci.media import (
     ARTIFACT_TYPE,
-    DISK_FORMATS,
     MEDIA_CONFIG,
     MEDIA_INDEX,
     MEDIA_MANIFEST,
-    PARENT_ANNOTATION,
     REF_ANNOTATION,
-    TITLE_ANNOTATION,
 )
 
 LAYOUT_VERSION = "1.0.0"
@@ -353,42 +351,6 @@ def write_error(error: OSError, path: Path) -> StoreError:
     return StoreError(f"cannot write {path}: {error.strerror or error}")
 
 
-def check_digest(digest: str) -> str:
-    if not re.fullmatch(DIGEST_RE, digest):
-        raise StoreError(f"malformed digest {digest!r}: expected sha256:<64 lowercase hex>")
-    return digest
-
-
-def manifest_descriptors(obj: Any) -> list[Descriptor]:
-    """The descriptors a manifest (or nested index) references; StoreError if malformed."""
-    if not isinstance(obj, dict) or obj.get("schemaVersion") != 2:
-        raise StoreError("not an OCI manifest with schemaVersion 2")
-    if obj.get("mediaType") == MEDIA_INDEX:
-        items = obj.get("manifests")
-    else:
-        if obj.get("mediaType", MEDIA_MANIFEST) != MEDIA_MANIFEST:
-            raise StoreError(f"unexpected mediaType {obj.get('mediaType')!r}")
-        items = obj.get("layers")
-        if not isinstance(items, list):
-            raise StoreError("'layers' is not a list")
-        items = [obj.get("config"), *items, *([obj["subject"]] if "subject" in obj else [])]
-    if not isinstance(items, list):
-        raise StoreError("'manifests' is not a list")
-    annotations = obj.get("annotations", {})
-    if not isinstance(annotations, dict):
-        raise StoreError("'annotations' is not an object")
-    return [Descriptor.from_json(item) for item in items]
-
-
-def parents(descriptors: Iterable[Descriptor]) -> list[str]:
-    """The parent digests named by overlay layers; StoreError if one is malformed."""
-    return [
-        check_digest(d.annotations[PARENT_ANNOTATION])
-        for d in descriptors
-        if PARENT_ANNOTATION in d.annotations
-    ]
-
-
 def _intact(blob: Path, digest: str, size: int) -> bool:
     """Whether ``blob`` exists with ``size`` bytes that hash to ``digest``."""
     try:
@@ -414,14 +376,3 @@ def _seal(path: Path, expected: str | None, access: Access) -> None:
                 )
         os.fsync(f.fileno())
         access.seal(f.fileno())
-
-
-def layer_annotations(
-    media_type: str, digest: str, annotations: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """A disk layer gets a file name for tools that save layers as files (oras, skopeo): its
-    blob's hex, the name an overlay's header gives its parent, so saved layers still chain."""
-    found = dict(annotations or {})
-    if media_type in DISK_FORMATS:
-        found.setdefault(TITLE_ANNOTATION, hexpart(digest))
-    return found

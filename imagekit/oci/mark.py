@@ -15,7 +15,8 @@ from pathlib import Path
 from imagekit.core.refs import BLOB_NAME
 from imagekit.disk import qcow2
 from imagekit.errors import StoreError
-from imagekit.oci.layout import Descriptor, Layout, manifest_descriptors, parents
+from imagekit.oci.descriptor import manifest_descriptors, parents
+from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.media import MEDIA_INDEX, MEDIA_MANIFEST, REF_ANNOTATION, signed_digest
 from imagekit.oci.memo import Memo
 

@@ -23,7 +23,8 @@ from imagekit.core import atomic
 from imagekit.core.digest import hexpart, sha256_bytes
 from imagekit.disk import qcow2
 from imagekit.errors import StoreError
-from imagekit.oci.layout import Layout, check_digest
+from imagekit.oci.descriptor import check_digest
+from imagekit.oci.layout import Layout
 
 ROOTS_DIR = "roots"
 _RECORD_MAX = 64 << 10  # a record is a few hundred bytes; read no more than this

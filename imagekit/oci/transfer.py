@@ -25,8 +25,9 @@ from imagekit.errors import (
     VerificationError,
 )
 from imagekit.oci import download, upload
+from imagekit.oci.descriptor import manifest_descriptors
 from imagekit.oci.download import Partial
-from imagekit.oci.layout import Descriptor, Layout, manifest_descriptors
+from imagekit.oci.layout import Descriptor, Layout
 from imagekit.oci.media import DISK_FORMATS, MEDIA_INDEX, MEDIA_MANIFEST, oci_arch
 from imagekit.oci.reference import RegistryRef
 from imagekit.oci.registry import Manifest, Registry
